@@ -1,0 +1,186 @@
+"""
+The registry API, read side, as a Klein app.
+
+Each route parses and validates the request (DESIGN.md invariant 5: nothing
+unvalidated goes further), asks the L{Mirror}, and shapes the answer. Every
+error, ours or upstream's, leaves through L{RegistryAPI.registry_error} as an
+OCI error body.
+"""
+
+
+from klein import Klein
+from twisted.internet.error import ConnectionLost
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+
+from . import errors
+from .fill import FillFailed
+from .reference import InvalidReference, parse_digest, parse_name, parse_reference
+from .streaming import StreamBroken
+
+API_VERSION = b"registry/2.0"
+JSON = b"application/json"
+_READ_METHODS = ["GET", "HEAD"]
+_WRITE_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
+
+log = Logger()
+
+
+class RegistryAPI:
+    app = Klein()
+
+    def __init__(self, mirror):
+        self._mirror = mirror
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/v2/", methods=_READ_METHODS)
+    def version_check(self, request):
+        _start(request, JSON)
+        return b"{}"
+
+    @app.route("/v2/<path:rest>", methods=_READ_METHODS)
+    async def read(self, request, rest):
+        kind, name, last = _route(request)
+        if kind == "manifests":
+            return await self._manifest(request, name, last)
+        if kind == "blobs":
+            return await self._blob(request, name, last)
+        return await self._tags(request, name)
+
+    @app.route("/v2/<path:rest>", methods=_WRITE_METHODS)
+    def write(self, request, rest):
+        raise errors.unsupported("this registry is a read-only mirror")
+
+    @app.route("/", branch=True, methods=_READ_METHODS + _WRITE_METHODS)
+    def elsewhere(self, request):
+        raise errors.not_found(request.path.decode("latin-1")[:200])
+
+    async def _manifest(self, request, name, reference):
+        manifest = await self._mirror.manifest(name, reference, _accept(request))
+        _start(request, manifest.media_type.encode("latin-1"))
+        _describe(request, manifest.digest, manifest.size)
+        return b"" if request.method == b"HEAD" else manifest.body
+
+    async def _blob(self, request, name, digest):
+        if request.method == b"HEAD":
+            size = await self._mirror.blob_size(name, digest)
+            _start(request, b"application/octet-stream")
+            _describe(request, digest, size)
+            return b""
+        blob = await self._mirror.blob(name, digest)
+        _start(request, b"application/octet-stream")
+        _describe(request, digest, blob.size)
+        try:
+            await blob.stream(request, 0, blob.size)
+        except ConnectionLost:
+            pass  # the client left; nothing to answer
+        except (StreamBroken, FillFailed) as e:
+            log.warn("aborting a response for {digest}: {why}", digest=str(digest), why=str(e))
+            request.transport.abortConnection()
+        return b""
+
+    async def _tags(self, request, name):
+        query = request.uri.partition(b"?")[2].decode("latin-1")
+        body, content_type, link = await self._mirror.tags(name, _tag_query(query))
+        _start(request, content_type.encode("latin-1"))
+        if link:
+            request.setHeader(b"Link", link.encode("latin-1"))
+        return body
+
+    @app.handle_errors(errors.RegistryError)
+    def registry_error(self, request, failure):
+        return _error(request, failure.value)
+
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request, failure):
+        if failure.value.code == 405:
+            return _error(request, errors.unsupported("method not allowed here"))
+        return _error(request, errors.not_found(request.path.decode("latin-1")[:200]))
+
+    @app.handle_errors(Exception)
+    def unexpected_error(self, request, failure):
+        log.failure("unexpected error answering {uri}", failure, uri=request.uri)
+        return _error(request, errors.RegistryError(503, "UNAVAILABLE", "internal error in the mirror"))
+
+
+def _route(request):
+    """
+    Split C{/v2/<name>/<kind>/<last>} and validate each part; the raw path is
+    used so that an encoded slash or dot can never become a path component.
+    """
+    try:
+        path = request.path.decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.name_invalid("the path is not ASCII") from None
+    parts = path[len("/v2/"):].split("/")
+    if parts[-2:] == ["blobs", "uploads"] or (len(parts) >= 3 and parts[-3:-1] == ["blobs", "uploads"]):
+        raise errors.unsupported("this registry is a read-only mirror")
+    if len(parts) >= 3 and parts[-2:] == ["tags", "list"]:
+        kind, name, last = "tags", parts[:-2], None
+    elif len(parts) >= 3 and parts[-2] in ("manifests", "blobs"):
+        kind, name, last = parts[-2], parts[:-2], parts[-1]
+    else:
+        raise errors.not_found(path[:200])
+    try:
+        name = parse_name("/".join(name))
+    except InvalidReference as e:
+        raise errors.name_invalid(e.why) from None
+    try:
+        if kind == "manifests":
+            last = parse_reference(last)
+        elif kind == "blobs":
+            last = parse_digest(last)
+    except InvalidReference as e:
+        raise (errors.tag_invalid(e.why) if e.kind == "tag" else errors.digest_invalid(e.why)) from None
+    return kind, name, last
+
+
+def _accept(request):
+    """
+    The media types the client accepts, without parameters; empty when it
+    sent no Accept header.
+    """
+    values = request.requestHeaders.getRawHeaders(b"accept") or []
+    types = []
+    for value in values:
+        for item in value.decode("latin-1").split(","):
+            media_type = item.split(";")[0].strip().lower()
+            if media_type:
+                types.append(media_type)
+    return tuple(types)
+
+
+def _tag_query(query):
+    """
+    Keep only the pagination parameters of a tags/list query; containerd's
+    C{ns} and anything else stay here.
+    """
+    kept = [p for p in query.split("&") if p.split("=")[0] in ("n", "last")]
+    return "&".join(kept)
+
+
+def _start(request, content_type):
+    request.setHeader(b"Docker-Distribution-API-Version", API_VERSION)
+    request.setHeader(b"Content-Type", content_type)
+
+
+def _describe(request, digest, size):
+    digest = str(digest).encode("ascii")
+    request.setHeader(b"Docker-Content-Digest", digest)
+    request.setHeader(b"ETag", b'"' + digest + b'"')
+    request.setHeader(b"Content-Length", str(size).encode("ascii"))
+
+
+def _error(request, error):
+    request.setResponseCode(error.status)
+    _start(request, JSON)
+    for name, value in error.headers.items():
+        request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+    body = error.body()
+    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+    return b"" if request.method == b"HEAD" else body
+
+
+__all__ = ["RegistryAPI"]

@@ -1,0 +1,188 @@
+"""
+One blob transfer from upstream into storage, shared by every client that
+wants the blob while it runs.
+
+The upstream body is delivered into L{_FillProtocol}, which hands each chunk
+to the storage writer (which hashes it) and wakes the readers. Each reader is
+a L{FileStreamer} reading the writer's staging file at its own client's pace,
+so a slow client slows only itself and the bytes wait on disk, not in memory.
+Readers are never given the last byte before the whole body was verified: a
+broken transfer can only ever end in an aborted connection, never in a clean
+short or wrong body (DESIGN.md invariants 1 and 8).
+"""
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
+from .storage import VerificationFailed
+from .streaming import FileStreamer
+
+BODY_IDLE_TIMEOUT = 60.0
+
+log = Logger()
+
+
+class FillFailed(Exception):
+    """
+    The transfer broke or its bytes were wrong; nothing was committed.
+    """
+
+
+class Fill:
+    """
+    Bytes of C{digest} flowing from an upstream response into C{writer}.
+
+    @ivar size: the expected length, or None while it is unknown (the
+        upstream sent no usable Content-Length).
+    @ivar verified: fires when every byte is in and matches the digest; fails
+        with L{FillFailed} otherwise.
+    @ivar done: fires when the fill is over, committed or not; never fails.
+    """
+
+    def __init__(self, digest, size, writer, reactor, idle_timeout=BODY_IDLE_TIMEOUT):
+        self.digest = digest
+        self.size = size
+        self._writer = writer
+        self._reactor = reactor
+        self._idle_timeout = idle_timeout
+        self._readers = set()
+        self._verified_waiters = []
+        self.outcome = None  # None while running, then True (verified) or a Failure
+        self.done = Deferred()
+
+    def start(self, response):
+        """
+        Begin receiving C{response}'s body.
+        """
+        response.deliverBody(_FillProtocol(self))
+
+    def attach(self, consumer, start, end):
+        """
+        Stream bytes C{start} to C{end} of the blob into C{consumer} as they
+        arrive; the result fires when they are all written.
+        """
+        if isinstance(self.outcome, Failure):
+            return self._failed_stream()
+        streamer = FileStreamer(self._writer.open_reader(), consumer, start, end, self._readable)
+        self._readers.add(streamer)
+        finished = streamer.start()
+        finished.addBoth(self._detach, streamer)
+        return finished
+
+    def wait_verified(self):
+        """
+        A Deferred that fires when the blob is verified, or fails with
+        L{FillFailed}.
+        """
+        if self.outcome is True:
+            return succeed(None)
+        if isinstance(self.outcome, Failure):
+            return self._failed_stream()
+        waiter = Deferred()
+        self._verified_waiters.append(waiter)
+        return waiter
+
+    def _failed_stream(self):
+        d = Deferred()
+        d.errback(self.outcome)
+        return d
+
+    def _detach(self, result, streamer):
+        self._readers.discard(streamer)
+        return result
+
+    def _readable(self):
+        """
+        How far readers may go: all of it once verified, else all but the
+        last byte (which is held back until the digest has been checked).
+        """
+        written = self._writer.bytes_written
+        if self.outcome is True:
+            return written
+        return written - 1 if self.size is None or written >= self.size else written
+
+    def _received(self, data):
+        """
+        Store a chunk; False if storage failed and the transfer must stop.
+        """
+        try:
+            self._writer.write(data)
+        except OSError as e:
+            self._fail(Failure(FillFailed(f"{self.digest}: writing to storage failed: {e}")))
+            return False
+        for reader in list(self._readers):
+            reader.wake()
+        return True
+
+    def _ended(self, reason):
+        if self.outcome is not None:
+            return  # already failed while receiving
+        if reason.check(ResponseDone):
+            try:
+                self._writer.verify(self.size)
+            except VerificationFailed as e:
+                self._fail(Failure(FillFailed(f"{self.digest}: {e}")))
+                return
+            self._succeed()
+        else:
+            self._fail(Failure(FillFailed(f"{self.digest}: upstream body broke off: {reason.getErrorMessage()}")))
+
+    def _succeed(self):
+        self.outcome = True
+        if self.size is None:
+            self.size = self._writer.bytes_written
+        for waiter in self._verified_waiters:
+            waiter.callback(None)
+        self._verified_waiters = []
+        for reader in list(self._readers):
+            reader.wake()
+        committed = self._writer.commit()
+        committed.addErrback(lambda f: log.failure("committing {digest} failed", f, digest=str(self.digest)))
+        committed.addBoth(lambda _: self.done.callback(None))
+
+    def _fail(self, failure):
+        log.warn("fill of {digest} failed: {why}", digest=str(self.digest), why=failure.getErrorMessage())
+        self.outcome = failure
+        self._writer.abort()
+        for waiter in self._verified_waiters:
+            waiter.errback(failure)
+        self._verified_waiters = []
+        for reader in list(self._readers):
+            reader.fail(failure.getErrorMessage())
+        self.done.callback(None)
+
+
+class _FillProtocol(Protocol):
+    """
+    Receives the upstream body for a L{Fill}, and gives up on an upstream
+    that goes silent for too long (never a deadline on the whole body: a big
+    layer on a slow link is legitimate).
+    """
+
+    def __init__(self, fill):
+        self._fill = fill
+        self._idle = None
+
+    def connectionMade(self):
+        self._idle = self._fill._reactor.callLater(self._fill._idle_timeout, self._silent)
+
+    def dataReceived(self, data):
+        if self._fill.outcome is not None:
+            return  # failed already; a pause is advisory, so bytes may still come
+        self._idle.reset(self._fill._idle_timeout)
+        if not self._fill._received(data):
+            self._idle.cancel()
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason):
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._fill._ended(reason)
+
+    def _silent(self):
+        log.warn("upstream sent nothing for {seconds}s during {digest}; giving up",
+                 seconds=self._fill._idle_timeout, digest=str(self._fill.digest))
+        self.transport.stopProducing()

@@ -1,0 +1,275 @@
+"""
+The caching policy: what is served from storage, what is asked of upstream,
+and what is filled from upstream into storage.
+
+- Content addressed by digest (blobs, manifests by digest) never changes: once
+  stored and known in a repository it is served without asking upstream.
+- A tag is revalidated upstream with a C{HEAD}; only a changed digest costs a
+  C{GET}. When upstream is in trouble a cached tag is served anyway; only an
+  upstream 404 ends its life (DESIGN.md invariant 7).
+- A blob miss starts one L{Fill}; every request for that blob while it runs
+  joins it.
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from twisted.logger import Logger
+
+from . import errors, keys
+from .fill import Fill
+from .reference import Digest, InvalidReference, parse_digest, sha256_of
+from .singleflight import SingleFlight
+from .storage import VerificationFailed
+from .upstream import MANIFEST_TYPES
+
+# Upstream troubles during which a cached tag is still served.
+_STALE_OK_STATUSES = {429, 502, 503, 504}
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    body: bytes
+    media_type: str
+    digest: Digest
+
+    @property
+    def size(self):
+        return len(self.body)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """
+    A blob ready to be sent: C{stream(consumer, start, end)} writes that
+    range and returns a Deferred that fires when it is written.
+    """
+
+    digest: Digest
+    size: int
+    stream: Callable
+
+
+def acceptable(media_type, accept):
+    """
+    Whether a client whose C{Accept} values are C{accept} takes C{media_type};
+    no C{Accept} header at all takes anything.
+    """
+    return not accept or media_type.split(";")[0].strip() in accept or "*/*" in accept
+
+
+class Mirror:
+    def __init__(self, storage, upstream, reactor, clock=time.time):
+        self._storage = storage
+        self._upstream = upstream
+        self._reactor = reactor
+        self._clock = clock
+        self._fills = {}
+        self._starting = SingleFlight()
+
+    # Manifests
+
+    async def manifest(self, name, reference, accept):
+        """
+        The manifest for C{reference} (a tag or a L{Digest}) in C{name}.
+        """
+        if isinstance(reference, Digest):
+            return await self._manifest_by_digest(name, reference, accept)
+        return await self._manifest_by_tag(name, reference, accept)
+
+    async def _manifest_by_digest(self, name, digest, accept):
+        if await self._storage.stat(keys.manifest_link(name, digest)) is not None:
+            cached = await self._stored_manifest(digest)
+            if cached is not None and acceptable(cached.media_type, accept):
+                return cached
+        fetched = await self._upstream.manifest(name, str(digest), accept or MANIFEST_TYPES)
+        if not digest.matches(fetched.body):
+            raise errors.unavailable(f"upstream sent a manifest that does not match {digest}")
+        manifest = Manifest(fetched.body, _media_type(fetched), digest)
+        await self._store_manifest(name, manifest)
+        return manifest
+
+    async def _manifest_by_tag(self, name, tag, accept):
+        record = await self._tag_record(name, tag)
+        cached = _pick(record, accept)
+        try:
+            fresh = await self._revalidate(name, tag, accept, record, cached)
+        except errors.RegistryError as e:
+            if e.status == 404:
+                await self._storage.delete(keys.tag(name, tag))
+                raise
+            if cached is None or e.status not in _STALE_OK_STATUSES:
+                raise
+            manifest = await self._stored_manifest(parse_digest(cached["digest"]))
+            if manifest is None:
+                raise
+            log.warn("serving cached {name}:{tag} because upstream failed: {why}",
+                     name=name, tag=tag, why=e.detail or e.message)
+            return manifest
+        return fresh
+
+    async def _revalidate(self, name, tag, accept, record, cached):
+        """
+        Ask upstream what C{tag} is now; reuse the cached manifest when the
+        digest did not change.
+        """
+        if cached is not None:
+            head = await self._upstream.manifest(name, tag, accept, method="HEAD")
+            if head.digest == cached["digest"] and _media_type(head) == cached["mediaType"]:
+                manifest = await self._stored_manifest(parse_digest(cached["digest"]))
+                if manifest is not None:
+                    await self._remember_tag(name, tag, record, manifest)
+                    return manifest
+        fetched = await self._upstream.manifest(name, tag, accept)
+        manifest = Manifest(fetched.body, _media_type(fetched), _verified_digest(fetched))
+        await self._store_manifest(name, manifest)
+        await self._remember_tag(name, tag, record, manifest)
+        return manifest
+
+    async def _tag_record(self, name, tag):
+        raw = await self._storage.get(keys.tag(name, tag))
+        if raw is None:
+            return {"representations": {}}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            log.warn("ignoring a damaged tag record for {name}:{tag}", name=name, tag=tag)
+            return {"representations": {}}
+
+    async def _remember_tag(self, name, tag, record, manifest):
+        record["representations"][manifest.media_type] = {
+            "digest": str(manifest.digest),
+            "mediaType": manifest.media_type,
+            "fetched": self._clock(),
+        }
+        await self._storage.put(keys.tag(name, tag), json.dumps(record).encode())
+
+    async def _stored_manifest(self, digest):
+        body = await self._storage.get(keys.manifest(digest))
+        media_type = await self._storage.get(keys.manifest_media_type(digest))
+        if body is None or media_type is None:
+            return None
+        return Manifest(body, media_type.decode(), digest)
+
+    async def _store_manifest(self, name, manifest):
+        if await self._storage.stat(keys.manifest(manifest.digest)) is None:
+            await self._storage.put(keys.manifest_media_type(manifest.digest), manifest.media_type.encode())
+            writer = self._storage.open_writer(keys.manifest(manifest.digest), manifest.digest)
+            try:
+                writer.write(manifest.body)
+                writer.verify(len(manifest.body))
+            except VerificationFailed as e:
+                raise errors.unavailable(f"upstream manifest failed verification: {e}") from e
+            await writer.commit()
+        await self._storage.put(keys.manifest_link(name, manifest.digest), b"")
+
+    # Blobs
+
+    async def blob(self, name, digest):
+        """
+        The blob C{digest} of C{name}: from storage, or from a fill that is
+        running or that this call starts.
+        """
+        size = await self._linked_blob_size(name, digest)
+        if size is not None:
+            key = keys.blob(digest)
+            return Blob(digest, size, lambda consumer, start, end: self._storage.produce(key, consumer, start, end))
+        fill = self._fills.get(digest)
+        if fill is None:
+            fill = await self._starting.run(digest, lambda: self._start_fill(name, digest))
+        if fill.size is None:
+            await fill.wait_verified()
+        return Blob(digest, fill.size, fill.attach)
+
+    async def blob_size(self, name, digest):
+        """
+        The size of blob C{digest} in C{name}, without downloading it.
+        """
+        size = await self._linked_blob_size(name, digest)
+        if size is not None:
+            return size
+        fill = self._fills.get(digest)
+        if fill is not None and fill.size is not None:
+            return fill.size
+        size = await self._upstream.blob_size(name, digest)
+        if size is None:
+            raise errors.unavailable(f"upstream gave no length for {digest}")
+        return size
+
+    async def _linked_blob_size(self, name, digest):
+        """
+        The stored blob's size if it may be served in C{name}: it was fetched
+        for C{name}, or upstream confirms now that C{name} has it too
+        (DESIGN.md invariant 3).
+        """
+        size = await self._storage.stat(keys.blob(digest))
+        if size is None:
+            return None
+        if await self._storage.stat(keys.blob_link(name, digest)) is None:
+            await self._upstream.blob_size(name, digest)  # raises 404 if name lacks it
+            await self._storage.put(keys.blob_link(name, digest), b"")
+        return size
+
+    async def _start_fill(self, name, digest):
+        response = await self._upstream.blob(name, digest)
+        size = response.length if isinstance(response.length, int) else None
+        fill = Fill(digest, size, self._storage.open_writer(keys.blob(digest), digest), self._reactor)
+        self._fills[digest] = fill
+        fill.done.addCallback(self._fill_done, name, fill)
+        fill.start(response)
+        return fill
+
+    def _fill_done(self, _, name, fill):
+        del self._fills[fill.digest]
+        if fill.outcome is True:
+            return self._storage.put(keys.blob_link(name, fill.digest), b"")
+
+    # Tags
+
+    async def tags(self, name, query):
+        return await self._upstream.tags(name, query)
+
+
+def _pick(record, accept):
+    """
+    A cached representation of a tag that the client accepts, if any.
+    """
+    for representation in record["representations"].values():
+        if acceptable(representation["mediaType"], accept):
+            return representation
+    return None
+
+
+def _media_type(upstream_manifest):
+    """
+    The upstream's Content-Type as it sent it, or the type named inside the
+    manifest when the upstream sent none.
+    """
+    media_type = upstream_manifest.media_type.strip()
+    if media_type or upstream_manifest.body is None:
+        return media_type
+    try:
+        return json.loads(upstream_manifest.body).get("mediaType") or "application/json"
+    except (ValueError, AttributeError):
+        return "application/json"
+
+
+def _verified_digest(fetched) -> Optional[Digest]:
+    """
+    The digest of a manifest fetched by tag: the upstream's
+    Docker-Content-Digest when it sent one and the bytes match it, else their
+    sha256.
+    """
+    if fetched.digest:
+        try:
+            claimed = parse_digest(fetched.digest)
+        except InvalidReference:
+            raise errors.unavailable(f"upstream sent an invalid Docker-Content-Digest {fetched.digest[:80]!r}")
+        if not claimed.matches(fetched.body):
+            raise errors.unavailable(f"upstream manifest does not match its Docker-Content-Digest {claimed}")
+        return claimed
+    return sha256_of(fetched.body)
