@@ -39,7 +39,8 @@ class Fill:
         upstream sent no usable Content-Length).
     @ivar verified: fires when every byte is in and matches the digest; fails
         with L{FillFailed} otherwise.
-    @ivar done: fires when the fill is over, committed or not; never fails.
+    @ivar done: fires when the fill is over with True if the blob was
+        committed to storage, else False; never fails.
     """
 
     def __init__(self, digest, size, writer, reactor, idle_timeout=BODY_IDLE_TIMEOUT):
@@ -51,13 +52,23 @@ class Fill:
         self._readers = set()
         self._verified_waiters = []
         self.outcome = None  # None while running, then True (verified) or a Failure
+        self._protocol = None
         self.done = Deferred()
 
     def start(self, response):
         """
         Begin receiving C{response}'s body.
         """
-        response.deliverBody(_FillProtocol(self))
+        self._protocol = _FillProtocol(self)
+        response.deliverBody(self._protocol)
+
+    def cancel(self):
+        """
+        Abandon a transfer that is still receiving (at shutdown); one that
+        is verified already goes on to commit.
+        """
+        if self.outcome is None and self._protocol.transport is not None:
+            self._protocol.transport.stopProducing()
 
     def attach(self, consumer, start, end):
         """
@@ -140,8 +151,12 @@ class Fill:
         for reader in list(self._readers):
             reader.wake()
         committed = self._writer.commit()
-        committed.addErrback(lambda f: log.failure("committing {digest} failed", f, digest=str(self.digest)))
-        committed.addBoth(lambda _: self.done.callback(None))
+        committed.addCallbacks(lambda _: True, self._commit_failed)
+        committed.addCallback(self.done.callback)
+
+    def _commit_failed(self, failure):
+        log.failure("committing {digest} to storage failed", failure, digest=str(self.digest))
+        return False
 
     def _fail(self, failure):
         log.warn("fill of {digest} failed: {why}", digest=str(self.digest), why=failure.getErrorMessage())
@@ -152,7 +167,7 @@ class Fill:
         self._verified_waiters = []
         for reader in list(self._readers):
             reader.fail(failure.getErrorMessage())
-        self.done.callback(None)
+        self.done.callback(False)
 
 
 class _FillProtocol(Protocol):

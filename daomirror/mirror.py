@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 
 from . import errors, keys
@@ -40,6 +41,12 @@ class Manifest:
     @property
     def size(self):
         return len(self.body)
+
+
+@dataclass(frozen=True)
+class _RunningFill:
+    name: str  # the repository the blob is being fetched for
+    fill: Fill
 
 
 @dataclass(frozen=True)
@@ -174,12 +181,16 @@ class Mirror:
         The blob C{digest} of C{name}: from storage, or from a fill that is
         running or that this call starts.
         """
-        size = await self._linked_blob_size(name, digest)
+        size = await self._storage.stat(keys.blob(digest))
         if size is not None:
+            await self._confirm(name, digest)
             key = keys.blob(digest)
             return Blob(digest, size, lambda consumer, start, end: self._storage.produce(key, consumer, start, end))
-        fill = self._fills.get(digest)
-        if fill is None:
+        running = self._fills.get(digest)
+        if running is not None:
+            await self._confirm(name, digest, running)
+            fill = running.fill
+        else:
             fill = await self._starting.run(digest, lambda: self._start_fill(name, digest))
         if fill.size is None:
             await fill.wait_verified()
@@ -189,44 +200,53 @@ class Mirror:
         """
         The size of blob C{digest} in C{name}, without downloading it.
         """
-        size = await self._linked_blob_size(name, digest)
+        size = await self._storage.stat(keys.blob(digest))
+        running = self._fills.get(digest)
+        if size is None and running is not None and running.fill.size is not None:
+            size = running.fill.size
         if size is not None:
+            await self._confirm(name, digest, running)
             return size
-        fill = self._fills.get(digest)
-        if fill is not None and fill.size is not None:
-            return fill.size
         size = await self._upstream.blob_size(name, digest)
         if size is None:
             raise errors.unavailable(f"upstream gave no length for {digest}")
         return size
 
-    async def _linked_blob_size(self, name, digest):
+    async def _confirm(self, name, digest, running=None):
         """
-        The stored blob's size if it may be served in C{name}: it was fetched
-        for C{name}, or upstream confirms now that C{name} has it too
+        Make sure the blob may be served in C{name}: it was fetched for
+        C{name}, or upstream confirms now (a C{HEAD}) that C{name} has it
+        too. The bytes are stored once; only this link is per repository
         (DESIGN.md invariant 3).
         """
-        size = await self._storage.stat(keys.blob(digest))
-        if size is None:
-            return None
+        if running is not None and running.name == name:
+            return
         if await self._storage.stat(keys.blob_link(name, digest)) is None:
-            await self._upstream.blob_size(name, digest)  # raises 404 if name lacks it
+            await self._upstream.blob_size(name, digest)  # raises a 404 if name lacks it
             await self._storage.put(keys.blob_link(name, digest), b"")
-        return size
 
     async def _start_fill(self, name, digest):
         response = await self._upstream.blob(name, digest)
         size = response.length if isinstance(response.length, int) else None
         fill = Fill(digest, size, self._storage.open_writer(keys.blob(digest), digest), self._reactor)
-        self._fills[digest] = fill
-        fill.done.addCallback(self._fill_done, name, fill)
+        self._fills[digest] = _RunningFill(name, fill)
+        fill.done.addCallback(self._fill_finished, name, digest)
         fill.start(response)
         return fill
 
-    def _fill_done(self, _, name, fill):
-        del self._fills[fill.digest]
-        if fill.outcome is True:
-            return self._storage.put(keys.blob_link(name, fill.digest), b"")
+    def _fill_finished(self, committed, name, digest):
+        del self._fills[digest]
+        if committed:
+            return self._storage.put(keys.blob_link(name, digest), b"")
+
+    def close(self):
+        """
+        Stop for shutdown: transfers still downloading are abandoned (nothing
+        of them is committed), verified ones are given time to commit.
+        """
+        for running in list(self._fills.values()):
+            running.fill.cancel()
+        return DeferredList([running.fill.done for running in self._fills.values()])
 
     # Tags
 

@@ -36,6 +36,19 @@ class UpstreamClientService(service.Service):
         return self.pool.closeCachedConnections()
 
 
+class MirrorService(service.Service):
+    """
+    Lets verified transfers finish committing when the daemon stops.
+    """
+
+    def __init__(self, mirror):
+        self.mirror = mirror
+
+    def stopService(self):
+        super().stopService()
+        return self.mirror.close()
+
+
 def make_site(mirror):
     site = Site(RegistryAPI(mirror).resource())
     site.displayTracebacks = False
@@ -55,6 +68,7 @@ def make_service(config, reactor=default_reactor):
     except OSError as e:
         raise ConfigError(config.path, f"storage.{config.storage.driver}", f"cannot use storage: {e}") from None
     mirror = Mirror(storage, Upstream(config.upstream.url, client.client), reactor)
+    MirrorService(mirror).setServiceParent(top)
     site = make_site(mirror)
     for description in config.server.listen:
         listener = _listener(config, description, site, reactor)

@@ -63,8 +63,7 @@ class Upstream:
         media_type = _header(response, "Content-Type") or ""
         digest = _header(response, "Docker-Content-Digest")
         if method == "HEAD":
-            size = _header(response, "Content-Length")
-            return UpstreamManifest(None, media_type, digest, int(size) if size and size.isdigit() else None)
+            return UpstreamManifest(None, media_type, digest, _content_length(response))
         body = await _read_limited(response, MANIFEST_SIZE_LIMIT, "manifest")
         return UpstreamManifest(body, media_type, digest, len(body))
 
@@ -80,8 +79,7 @@ class Upstream:
         Ask with a C{HEAD} whether the blob exists in C{name}; its size or None.
         """
         response = await self._request("HEAD", f"/v2/{name}/blobs/{digest}", {}, "blob")
-        length = response.length
-        return None if not isinstance(length, int) else length
+        return _content_length(response)
 
     async def tags(self, name, query):
         """
@@ -160,9 +158,18 @@ async def _read_limited(response, limit, what):
     return b"".join(chunks)
 
 
+def _content_length(response):
+    """
+    The Content-Length header as a number (a HEAD response has no body, so
+    C{response.length} says 0 whatever the header says).
+    """
+    value = _header(response, "Content-Length")
+    return int(value) if value and value.isdigit() else None
+
+
 def _header(response, name):
     values = response.headers.getRawHeaders(name)
-    return values[0].decode("latin-1") if values else None
+    return values[0] if values else None
 
 
 def _describe(e):
