@@ -89,22 +89,33 @@ class FileStreamer:
                     return
                 data = self._file.read(min(self._chunk_size, limit - self._position))
                 if not data:
-                    self._close(Failure(StreamBroken("the file ended early")))
+                    self.fail("the file ended early")
                     return
                 self._position += len(data)
                 self._consumer.write(data)
         except OSError as e:
-            self._close(Failure(StreamBroken(f"reading failed: {e}")))
+            self.fail(f"reading failed: {e}")
         finally:
             self._pumping = False
 
     def _finish(self):
-        self._consumer.unregisterProducer()
+        self._unregister()
         self._file.close()
         self._done.callback(None)
 
     def _close(self, failure):
         if self._done.called:
             return
+        self._unregister()
         self._file.close()
         self._done.errback(failure)
+
+    def _unregister(self):
+        """
+        Leave the consumer; a request whose client is gone has dropped its
+        channel already and refuses, which is fine.
+        """
+        try:
+            self._consumer.unregisterProducer()
+        except (AttributeError, RuntimeError):
+            pass

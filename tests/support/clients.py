@@ -16,14 +16,18 @@ Plain standard library + subprocess: usable from pytest and from scripts.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 from urllib.parse import urlsplit
@@ -72,11 +76,50 @@ class PullResult:
 
 # -- helpers -----------------------------------------------------------------------
 
+# Daemons still running, stopped at interpreter exit as a last resort (a
+# test or script should stop them itself, in a finally or a with block).
+_live: "weakref.WeakSet" = weakref.WeakSet()
 
-def _clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _LEAKY_ENV}
-    # Never let a client reach out through a proxy or to the internet by surprise.
-    env["NO_PROXY"] = env["no_proxy"] = "*"
+
+@atexit.register
+def _stop_live() -> None:
+    for obj in list(_live):
+        try:
+            obj.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+_blackhole: socket.socket | None = None
+
+
+def blackhole_proxy() -> str:
+    """URL of a loopback "proxy" that refuses every connection.
+
+    Why: when a mirror fails, dockerd, containerd and podman fall back to
+    registry-1.docker.io.  With this as HTTP(S)_PROXY that fallback fails at
+    once on loopback, without even a DNS lookup leaving the machine.  It is
+    a socket bound to a free port and never listened on (so connections are
+    refused and nothing else can take the port), kept for the process' life.
+    """
+    global _blackhole
+    if _blackhole is None:
+        _blackhole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        _blackhole.bind(("127.0.0.1", 0))
+    return "http://127.0.0.1:%d" % _blackhole.getsockname()[1]
+
+
+def _clean_env(*, direct: Iterable[str] = (), **extra: str) -> dict:
+    """The environment for a client: none of the caller's docker/containers
+    settings, every non-loopback request through the refusing proxy except to
+    the hosts in ``direct`` (mirror addresses; loopback is always direct)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in _LEAKY_ENV and k.upper() != "NO_PROXY"}
+    proxy = blackhole_proxy()
+    no_proxy = ",".join(["127.0.0.1", "localhost", "::1",
+                         *(h.rsplit(":", 1)[0] if h.count(":") == 1 else h for h in direct)])
+    env.update(HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, https_proxy=proxy,
+               NO_PROXY=no_proxy, no_proxy=no_proxy)
     env.update(extra)
     return env
 
@@ -178,6 +221,7 @@ def _owned_processes(root_pids: Iterable[int], marker: str) -> set[int]:
     (container processes under the shims)."""
     ppids = _ppids()
     own = {p for p in root_pids if p in ppids}
+    marker = marker.rstrip("/") + "/"
     own |= {pid for pid in ppids if pid != os.getpid() and marker in _proc_cmdline(pid)}
     changed = True
     while changed:
@@ -212,21 +256,67 @@ def _kill_and_reap(pids: set[int], timeout: float = 10) -> None:
             time.sleep(0.05)
 
 
+# containerd 1.6 puts every shim's socket here, whatever its root/state dirs.
+SHIM_SOCKET_DIR = "/run/containerd/s"
+
+
+def _shim_socket(cmdline: str) -> str | None:
+    """The socket a runc v2 shim listens on, computed as containerd 1.6 does:
+    SHIM_SOCKET_DIR/hex(sha256("<containerd address>/<namespace>/<id>"))."""
+    args = cmdline.split()
+    if not args or "containerd-shim" not in os.path.basename(args[0]):
+        return None
+    try:
+        address = args[args.index("-address") + 1]
+        namespace = args[args.index("-namespace") + 1]
+        ident = args[args.index("-id") + 1]
+    except (ValueError, IndexError):
+        return None
+    digest = hashlib.sha256(f"{address}/{namespace}/{ident}".encode()).hexdigest()
+    return os.path.join(SHIM_SOCKET_DIR, digest)
+
+
+def _kill_owned(root_pids: Iterable[int], marker: str) -> None:
+    """SIGKILL our leftover processes (see ``_owned_processes``) and remove the
+    sockets that killed shims leave in SHIM_SOCKET_DIR (they only remove
+    them when they exit normally)."""
+    pids = _owned_processes(root_pids, marker)
+    sockets = {_shim_socket(_proc_cmdline(pid)) for pid in pids} - {None}
+    _kill_and_reap(pids)
+    for path in sockets:
+        for p in (path, path + ".debug"):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
 def _unmount_under(path: str) -> None:
     """Lazily unmount every mount point at or below ``path``, deepest first."""
     path = os.path.realpath(path)
+    # Stacked mounts (dockerd bind-mounts its data-root onto itself) need
+    # one umount each, hence the repeat.
+    for _round in range(5):
+        points = _mounts_under(path)
+        if not points:
+            return
+        for mp in sorted(set(points), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mp], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _mounts_under(path: str) -> list[str]:
     points = []
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
+                # Field 5 is the mount point, with octal escapes like \040.
                 mp = line.split()[4].encode().decode("unicode_escape")
                 if mp == path or mp.startswith(path + "/"):
                     points.append(mp)
     except OSError:
-        return
-    for mp in sorted(set(points), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mp], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pass
+    return points
 
 
 def _rmtree(path: str) -> None:
@@ -268,13 +358,15 @@ class PrivateDockerd:
     Why private: tests must not depend on, or disturb, a system docker.
     It has its own data-root, exec-root, pidfile, socket, daemon.json and
     cgroup parent, the vfs storage driver (no overlay mounts to leak), no
-    bridge, no iptables, no ip_forward sysctl.  dockerd starts its own
-    managed containerd under exec-root (socket: ``containerd_socket``).
+    bridge, no iptables, no ip_forward sysctl, and a containerd of its own
+    (a PrivateContainerd given with ``--containerd``; ``containerd_socket``).
 
     dockerd only uses mirrors for docker.io names, so pull refs like
     ``library/busybox:latest`` or ``team/tools/cli:1``.  If the mirror
-    fails, dockerd silently falls back to registry-1.docker.io, which is
-    unreachable here, so a broken mirror shows up as a failed pull.
+    fails, dockerd silently falls back to registry-1.docker.io; its proxy
+    is ``blackhole_proxy()``, so that fails at once and a broken mirror
+    shows up as a failed pull (the mirror's error is in the dockerd log,
+    which ``pull`` appends to its error).
     """
 
     def __init__(self, mirror: str | Sequence[str] | None = None, *,
@@ -291,16 +383,25 @@ class PrivateDockerd:
         self.log_path = os.path.join(self.dir, "dockerd.log")
         self.config_path = os.path.join(self.dir, "daemon.json")
         self.client_config = os.path.join(self.dir, "client")
-        # dockerd's managed containerd listens here (for ctr --address).
-        self.containerd_socket = os.path.join(self.exec_root, "containerd", "containerd.sock")
         self.cgroup_parent = "/daomirror-" + os.path.basename(self.dir).replace(".", "-")
+        self.containerd: PrivateContainerd | None = None
         self._proc: subprocess.Popen | None = None
         self._log = None
+        _live.add(self)
         try:
+            # Our own containerd rather than dockerd's managed one: the managed
+            # one gets no say over its opt dir and would create /opt/containerd.
+            self.containerd = PrivateContainerd(workdir=os.path.join(self.dir, "ctd"),
+                                                start_timeout=start_timeout)
             self._start(extra_args, daemon_config or {}, start_timeout)
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def containerd_socket(self) -> str:
+        """The containerd socket dockerd uses (for ``ctr --address``; dockerd's namespace is "moby")."""
+        return self.containerd.socket
 
     def command(self, extra_args: Sequence[str] = ()) -> list[str]:
         cmd = [
@@ -310,6 +411,7 @@ class PrivateDockerd:
             "--exec-root", self.exec_root,
             "--pidfile", self.pidfile,
             "-H", self.host,
+            "--containerd", self.containerd_socket,
             "--storage-driver=vfs",
             "--iptables=false", "--ip6tables=false", "--ip-forward=false",
             "--ip-masq=false", "--bridge=none", "--userland-proxy=false",
@@ -332,8 +434,8 @@ class PrivateDockerd:
         self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             self.command(extra_args), stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, env=_clean_env(), cwd=self.dir,
-            start_new_session=True,
+            stderr=subprocess.STDOUT, env=_clean_env(direct=[mirror_host(m) for m in self.mirrors]),
+            cwd=self.dir, start_new_session=True,
         )
         _wait_for(lambda: self.docker("version", timeout=10, check=False).returncode == 0,
                   timeout, self._proc, "dockerd", self.log_path)
@@ -352,7 +454,12 @@ class PrivateDockerd:
         """``docker pull REF``; returns the digest dockerd reports and the image ID."""
         t0 = time.monotonic()
         args = ["pull"] + (["--platform", platform] if platform else []) + [ref]
-        out = self.docker(*args, timeout=timeout).stdout
+        try:
+            out = self.docker(*args, timeout=timeout).stdout
+        except ClientError as e:
+            # dockerd reports only the docker.io fallback's error; the mirror's
+            # own failure is in its log.
+            raise ClientError(f"{e}\n--- dockerd log tail ---\n{_tail(self.log_path, 15)}") from None
         m = re.search(r"^Digest: (sha256:[0-9a-f]{64})$", out, re.M)
         image_id = self.docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
         return PullResult(ref, m.group(1) if m else None, image_id or None, out,
@@ -385,22 +492,27 @@ class PrivateDockerd:
 
     def stop(self, timeout: float = 30) -> None:
         """Stop dockerd, its containerd, shims and containers; remove all its dirs."""
+        _live.discard(self)
         proc, self._proc = self._proc, None
         root_pids = set()
         if proc is not None:
             root_pids.add(proc.pid)
             if proc.poll() is None:
-                # Remove containers first so shims exit normally.
-                self.docker("rm", "--force", "--volumes",
-                            *self.docker("ps", "-aq", check=False, timeout=30).stdout.split(),
-                            check=False, timeout=60)
-                proc.terminate()  # dockerd stops its managed containerd on SIGTERM
+                # Remove containers first so their shims exit normally.
+                try:
+                    ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
+                    if ids:
+                        self.docker("rm", "--force", "--volumes", *ids, check=False, timeout=60)
+                except ClientError:
+                    pass  # hung daemon: the kills below still clean up
+                proc.terminate()
                 try:
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     pass
-        leftovers = _owned_processes(root_pids, self.dir)
-        _kill_and_reap(leftovers)
+        if self.containerd is not None:
+            self.containerd.stop()  # also kills leftover shims and containers
+        _kill_owned(root_pids, self.dir)
         if proc is not None and proc.poll() is None:
             proc.wait(10)
         if self._log is not None:
@@ -446,8 +558,9 @@ class PrivateContainerd:
     disabled.  ``ctr_pull`` starts one for a single pull when not given one.
     """
 
-    def __init__(self, *, start_timeout: float = 30.0) -> None:
-        self.dir = _short_tmpdir("dmc.")
+    def __init__(self, *, workdir: str | None = None, start_timeout: float = 30.0) -> None:
+        self._own_dir = workdir is None
+        self.dir = workdir or _short_tmpdir("dmc.")
         self.root = os.path.join(self.dir, "root")
         self.state = os.path.join(self.dir, "state")
         self.socket = os.path.join(self.dir, "containerd.sock")
@@ -455,6 +568,7 @@ class PrivateContainerd:
         self.log_path = os.path.join(self.dir, "containerd.log")
         self._proc: subprocess.Popen | None = None
         self._log = None
+        _live.add(self)
         try:
             self._start(start_timeout)
         except BaseException:
@@ -462,8 +576,8 @@ class PrivateContainerd:
             raise
 
     def _start(self, timeout: float) -> None:
-        os.makedirs(self.root)
-        os.makedirs(self.state)
+        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.state, exist_ok=True)
         with open(self.config_path, "w") as f:
             f.write(f"""\
 version = 2
@@ -506,7 +620,15 @@ disabled_plugins = [
                                env=_clean_env(), timeout=10, check=False).returncode == 0,
                   timeout, self._proc, "containerd", self.log_path)
 
+    def ctr(self, *args: str, namespace: str = "daomirror-test", timeout: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``ctr --address SOCK --namespace NS ARGS`` against this containerd."""
+        return _run(["ctr", "--address", self.socket, "--namespace", namespace, *args],
+                    env=_clean_env(), timeout=timeout, what="ctr", check=check)
+
     def stop(self) -> None:
+        """Stop containerd, kill leftover shims/containers, remove its dir (if ours)."""
+        _live.discard(self)
         proc, self._proc = self._proc, None
         root_pids = set()
         if proc is not None:
@@ -517,13 +639,16 @@ disabled_plugins = [
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     pass
-        _kill_and_reap(_owned_processes(root_pids, self.dir))
+        _kill_owned(root_pids, self.dir)
         if proc is not None and proc.poll() is None:
             proc.wait(10)
         if self._log is not None:
             self._log.close()
             self._log = None
-        _rmtree(self.dir)
+        if self._own_dir:
+            _rmtree(self.dir)
+        else:
+            _unmount_under(self.dir)
 
     def __enter__(self) -> "PrivateContainerd":
         return self
@@ -550,7 +675,7 @@ def ctr_pull(mirror: str, ref: str, *, containerd: "PrivateContainerd | PrivateD
              all_platforms: bool = False, timeout: float = 300) -> PullResult:
     """``ctr images pull --hosts-dir DIR docker.io/<repo>:<tag>`` via ``mirror``.
 
-    ``containerd`` is a PrivateContainerd, a PrivateDockerd (its managed
+    ``containerd`` is a PrivateContainerd, a PrivateDockerd (its
     containerd is used) or a socket path; None starts a PrivateContainerd
     just for this pull.  The image stays in ``namespace`` of that containerd.
     Returns the tag's digest as containerd recorded it.
@@ -572,7 +697,8 @@ def ctr_pull(mirror: str, ref: str, *, containerd: "PrivateContainerd | PrivateD
             if all_platforms:
                 cmd += ["--all-platforms"]
             t0 = time.monotonic()
-            out = _run(cmd + [full], env=_clean_env(), timeout=timeout, what="ctr pull").stdout
+            out = _run(cmd + [full], env=_clean_env(direct=[mirror_host(mirror)]),
+                       timeout=timeout, what="ctr pull").stdout
             seconds = time.monotonic() - t0
         finally:
             shutil.rmtree(hosts, ignore_errors=True)
@@ -597,9 +723,16 @@ def podman_pull(mirror: str, ref: str, *, keep_dir: str | None = None,
 
     podman gets private root/runroot/tmp dirs, its own containers.conf,
     storage.conf, registries.conf, policy.json and auth file (all through
-    flags and env vars), vfs storage, cgroupfs and file events, so it reads
-    and writes nothing of the system's.  Everything is removed afterwards
-    unless ``keep_dir`` is given (then it is used and kept).
+    flags and env vars), vfs storage, cgroupfs, file events and file locks,
+    so it uses none of the system's podman state.  Two fixed paths remain,
+    which containers/image gives no setting for: it reads drop-ins in
+    /etc/containers/registries.conf.d, and as root it records digests in
+    /var/lib/containers/cache/blob-info-cache-v1.boltdb.  Everything else is
+    removed afterwards unless ``keep_dir`` is given (then it is used and
+    kept).  On failure podman 4.3 retries a pull 3 times, 1 s apart.
+
+    ``digest`` is the tag's digest (the list/index for multi-platform
+    images, even with ``platform``); ``image_id`` is the config digest's hex.
     """
     base = keep_dir or _short_tmpdir("dmp.")
     os.makedirs(base, exist_ok=True)
@@ -621,7 +754,12 @@ events_logfile_path = "{base}/events.log"
 tmp_dir = "{d['libpod-tmp']}"
 volume_path = "{d['volumes']}"
 runtime = "runc"
+# File locks under tmp_dir instead of the machine-wide /dev/shm/libpod_lock.
+lock_type = "file"
 [network]
+# CNI with our own config dir: the netavark backend (podman's default when no
+# CNI config exists) would create /run/containers/networks, a fixed path.
+network_backend = "cni"
 network_config_dir = "{base}/networks"
 """)
         with open(conf["storage.conf"], "w") as f:
@@ -648,6 +786,7 @@ insecure = true
         with open(conf["auth.json"], "w") as f:
             json.dump({"auths": {}}, f)
         env = _clean_env(
+            direct=[mirror_host(mirror)],
             CONTAINERS_CONF=conf["containers.conf"],
             CONTAINERS_STORAGE_CONF=conf["storage.conf"],
             CONTAINERS_REGISTRIES_CONF=conf["registries.conf"],
@@ -683,14 +822,27 @@ insecure = true
 
 
 def skopeo_copy(mirror: str, ref: str, dest_dir: str, *, all_platforms: bool = False,
-                timeout: float = 300) -> PullResult:
+                transport: str = "oci", timeout: float = 300) -> PullResult:
     """``skopeo copy --src-tls-verify=false docker://HOST/<repo>:<tag> oci:DEST_DIR``.
 
     Talks to the mirror directly by its host:port (no docker.io
     rewriting), so ``ref`` is ``<repo>:<tag>``.  ``all_platforms`` adds
-    ``--all`` (copy every manifest of a list/index).  Returns the digest of
-    what was copied, read back from the OCI layout's index.json.
+    ``--all`` (copy every manifest of a list/index).
+
+    Returns the digest of the manifest written (``digest``) and, for a
+    single image, its config digest (``image_id``).  For an ``oci:``
+    destination skopeo converts Docker schema2 manifests, lists *and
+    configs* to OCI, so for Docker-typed sources both differ from the
+    source's (layers are unchanged); OCI sources are copied as they are.
+    ``transport="dir"`` writes ``dir:DEST_DIR`` instead, which keeps the
+    manifest byte for byte, so ``digest`` is the source's digest.
+
+    As root, skopeo (like podman) also records digests in
+    /var/lib/containers/cache/blob-info-cache-v1.boltdb; containers/image
+    has no setting to move it.
     """
+    if transport not in ("oci", "dir"):
+        raise ValueError(f"transport must be 'oci' or 'dir', not {transport!r}")
     if ref.startswith("docker.io/"):
         ref = ref[len("docker.io/"):]
     src = f"docker://{mirror_host(mirror)}/{ref}"
@@ -702,7 +854,7 @@ def skopeo_copy(mirror: str, ref: str, dest_dir: str, *, all_platforms: bool = F
         registries = os.path.join(tmp, "registries.conf")
         with open(registries, "w") as f:
             f.write("unqualified-search-registries = []\n")
-        env = _clean_env(HOME=tmp, TMPDIR=tmp, XDG_RUNTIME_DIR=tmp,
+        env = _clean_env(direct=[mirror_host(mirror)], HOME=tmp, TMPDIR=tmp, XDG_RUNTIME_DIR=tmp,
                          XDG_CONFIG_HOME=tmp, XDG_DATA_HOME=tmp,
                          REGISTRY_AUTH_FILE=os.path.join(tmp, "auth.json"),
                          CONTAINERS_REGISTRIES_CONF=registries)
@@ -711,11 +863,35 @@ def skopeo_copy(mirror: str, ref: str, dest_dir: str, *, all_platforms: bool = F
         if all_platforms:
             cmd.append("--all")
         t0 = time.monotonic()
-        proc = _run(cmd + [src, f"oci:{dest_dir}"], env=env, timeout=timeout, what="skopeo copy")
+        proc = _run(cmd + [src, f"{transport}:{dest_dir}"], env=env, timeout=timeout,
+                    what="skopeo copy")
         seconds = time.monotonic() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(dest_dir, "index.json")) as f:
+    if transport == "dir":
+        digest, config = _dir_top(dest_dir)
+    else:
+        digest, config = _oci_layout_top(dest_dir)
+    return PullResult(ref, digest, config, proc.stdout + proc.stderr, seconds)
+
+
+def _dir_top(path: str) -> tuple[str, str | None]:
+    """(sha256 of a ``dir:`` copy's manifest.json, its config digest if it is an image)."""
+    with open(os.path.join(path, "manifest.json"), "rb") as f:
+        raw = f.read()
+    config = json.loads(raw).get("config", {}).get("digest")
+    return "sha256:" + hashlib.sha256(raw).hexdigest(), config
+
+
+def _oci_layout_top(layout: str) -> tuple[str | None, str | None]:
+    """(digest of the newest manifest in an OCI layout, its config digest if it is an image)."""
+    with open(os.path.join(layout, "index.json")) as f:
         manifests = json.load(f).get("manifests", [])
-    digest = manifests[-1]["digest"] if manifests else None
-    return PullResult(ref, digest, None, proc.stdout + proc.stderr, seconds)
+    if not manifests:
+        return None, None
+    digest = manifests[-1]["digest"]
+    algo, _, hexdigest = digest.partition(":")
+    with open(os.path.join(layout, "blobs", algo, hexdigest)) as f:
+        doc = json.load(f)
+    config = doc.get("config", {}).get("digest")
+    return digest, config

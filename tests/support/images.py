@@ -35,6 +35,7 @@ __all__ = [
     "push_image",
     "busybox_layer",
     "random_layer",
+    "clear_layer_cache",
     "MEDIA_TYPES",
 ]
 
@@ -127,8 +128,9 @@ class ImageInfo:
     digest: str
     media_type: str
     manifests: list[ManifestInfo]
-    blobs: set[str]
-    total_blob_bytes: int
+    blobs: set[str]  # every config and layer digest, all platforms
+    total_blob_bytes: int  # sum of the sizes of ``blobs`` (each counted once)
+    blob_sizes: dict[str, int]
     registry_url: str
     raw: bytes = field(repr=False)  # the tagged manifest (or list/index) bytes
 
@@ -167,6 +169,16 @@ def _layer_dir() -> str:
         _cache_dir = tempfile.mkdtemp(prefix="daomirror-layers-")
         atexit.register(shutil.rmtree, _cache_dir, True)
     return _cache_dir
+
+
+def clear_layer_cache() -> None:
+    """Delete the built layers (big random layers add up over a long session)."""
+    global _cache_dir
+    with _cache_lock:
+        _cache.clear()
+        if _cache_dir is not None:
+            shutil.rmtree(_cache_dir, ignore_errors=True)
+            _cache_dir = None
 
 
 class _HashingWriter:
@@ -261,8 +273,9 @@ def random_layer(size: int, seed: str | int = 0) -> Layer:
         name = "data/" + hashlib.sha256(seed.encode()).hexdigest()[:16] + ".bin"
         tar.addfile(_tarinfo(name, size=size), _RandomReader(seed, size))
 
-    # Level 1: random data does not compress anyway, so spend no time trying.
-    return _build_layer(("random", seed, size), fill, 1)
+    # Level 0 (stored deflate blocks): random data does not compress, so
+    # don't spend time trying; it is still a valid gzip stream.
+    return _build_layer(("random", seed, size), fill, 0)
 
 
 # -- pushing -------------------------------------------------------------------
@@ -399,8 +412,10 @@ def push_image(
     one (or ``index=True``), one manifest per platform is pushed by digest
     and a manifest list (OCI: image index) is tagged.  The busybox layer
     is shared by all platforms (it holds the host's x86-64 binary); extra
-    layers differ per platform unless ``share_layers``.  ``seed`` changes
-    configs and extra layers, so a new seed gives a new image digest.
+    layers differ per platform unless ``share_layers``.  ``repo`` and
+    ``seed`` go into the config, and ``seed`` into the extra layers, so a
+    new seed (or repo) gives a new image digest; the same arguments always
+    give the same digests.
     ``authorization`` is sent as the Authorization header (e.g. "Bearer ...").
     """
     if isinstance(platforms, str):
@@ -430,7 +445,9 @@ def push_image(
                 "config": {
                     "Env": [_PATH_ENV],
                     "Cmd": ["/bin/sh"],
-                    "Labels": {"daomirror.test.seed": str(seed)},
+                    # The repo makes images in different repos distinct (as in
+                    # real life) while sharing the busybox base layer.
+                    "Labels": {"daomirror.test.repo": repo, "daomirror.test.seed": str(seed)},
                 },
                 "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
                 "history": [
@@ -497,7 +514,7 @@ def push_image(
     return ImageInfo(
         repo=repo, tag=tag, digest=top_digest, media_type=top_type,
         manifests=manifests, blobs=set(sizes), total_blob_bytes=sum(sizes.values()),
-        registry_url=registry_url, raw=top_raw,
+        blob_sizes=sizes, registry_url=registry_url, raw=top_raw,
     )
 
 

@@ -12,6 +12,7 @@ can both use it.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import http.client
 import json
@@ -22,12 +23,25 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 __all__ = ["UpstreamRegistry", "AccessLogEntry", "RegistryError", "free_port"]
 
 REGISTRY_BINARY = "docker-registry"
+# The start-up probe's User-Agent, so tests can tell it from real clients.
+READINESS_USER_AGENT = "daomirror-tests-readiness/1"
+
+
+# Registries still running, stopped at interpreter exit as a last resort.
+_live: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live() -> None:
+    for reg in list(_live):
+        reg.stop()
 
 
 class RegistryError(RuntimeError):
@@ -46,10 +60,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def deep_merge(base: dict, extra: Mapping) -> dict:
-    """Merge ``extra`` into a copy of ``base``; nested dicts merge, other values replace."""
+    """Merge ``extra`` into a copy of ``base``: nested dicts merge, None deletes, others replace."""
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -117,8 +133,9 @@ class UpstreamRegistry:
     """Run ``docker-registry serve`` on a free loopback port with its own storage.
 
     Why: every test gets a private, real upstream whose access log says
-    exactly what it was asked.  ``config`` (a dict, or YAML/JSON text) is
-    merged over the defaults, e.g. ``{"auth": {"token": {...}}}``.
+    exactly what it was asked.  ``config`` (a dict, or JSON text; YAML text
+    needs PyYAML) is merged over the defaults, e.g. ``{"auth": {"token":
+    {...}}}``; a value of None removes a default key.
 
     The access log (stdout) goes to ``log_path``; the application log
     (stderr, logrus) goes to ``app_log_path``.
@@ -141,6 +158,7 @@ class UpstreamRegistry:
         self._proc: subprocess.Popen | None = None
         self._logs: list = []
         self._extra = _load_config(config)
+        _live.add(self)
         try:
             self._start(start_timeout)
         except BaseException:
@@ -173,11 +191,12 @@ class UpstreamRegistry:
             },
         }
 
-    def _start(self, timeout: float) -> None:
+    def _start(self, timeout: float, port: int | None = None) -> None:
         os.makedirs(self.storage_dir, exist_ok=True)
+        self._timeout = timeout
         last_error = ""
-        for _attempt in range(3):  # retry if the free port was taken meanwhile
-            self.port = free_port()
+        for _attempt in range(1 if port else 3):  # retry if the free port was taken meanwhile
+            self.port = port or free_port()
             cfg = deep_merge(self.base_config(self.port), self._extra)
             # JSON is valid YAML, so no YAML library is needed.
             with open(self.config_path, "w") as f:
@@ -191,6 +210,8 @@ class UpstreamRegistry:
                 stdout=out,
                 stderr=err,
                 cwd=self.dir,
+                # REGISTRY_* variables would override the config file.
+                env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
                 start_new_session=True,
             )
             try:
@@ -213,7 +234,7 @@ class UpstreamRegistry:
                 )
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/v2/")
+                conn.request("GET", "/v2/", headers={"User-Agent": READINESS_USER_AGENT})
                 resp = conn.getresponse()
                 resp.read()
                 conn.close()
@@ -241,8 +262,20 @@ class UpstreamRegistry:
             f.close()
         self._logs = []
 
+    def stop_server(self) -> None:
+        """Stop the process but keep storage and logs (an upstream outage)."""
+        self._terminate()
+
+    def start_server(self) -> None:
+        """Start again after ``stop_server``, on the same port with the same storage."""
+        if self.running:
+            return
+        _live.add(self)
+        self._start(self._timeout, port=self.port)
+
     def stop(self) -> None:
         """Stop the registry and remove its directory (idempotent)."""
+        _live.discard(self)
         self._terminate()
         if self._own_dir and os.path.isdir(self.dir):
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -274,9 +307,10 @@ class UpstreamRegistry:
     def entries(self) -> list[AccessLogEntry]:
         """Every request logged so far, in order (non-access lines are skipped).
 
-        The registry writes the line when the handler returns, i.e. before the
-        client has read the end of the response, so a request whose response
-        the caller has fully received is already in the file.
+        The registry writes a request's line when its handler returns.  Small
+        responses (manifests, HEADs, errors) reach the client only after
+        that, but a blob body can be sent (sendfile) just before its line is
+        written: before asserting exact counts, call ``quiesce()``.
         """
         try:
             with open(self.log_path, "rb") as f:
@@ -304,6 +338,32 @@ class UpstreamRegistry:
             for e in self.entries()
             if (method is None or e.method == method) and path_contains in e.path
         )
+
+    def wait_for(self, method: str | None, path_contains: str, n: int = 1,
+                 timeout: float = 5.0) -> int:
+        """Wait until at least ``n`` matching requests are logged; return the count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.count(method, path_contains)
+            if got >= n or time.monotonic() >= deadline:
+                return got
+            time.sleep(0.02)
+
+    def quiesce(self, quiet: float = 0.15, timeout: float = 5.0) -> None:
+        """Wait until the access log has not grown for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                size = os.path.getsize(self.log_path)
+            except OSError:
+                size = 0
+            now = time.monotonic()
+            if size != last:
+                last, since = size, now
+            elif now - since >= quiet:
+                return
+            time.sleep(0.02)
 
     def mark(self) -> int:
         """Number of entries so far; pass to ``entries_since`` to see only new requests."""

@@ -1,0 +1,136 @@
+"""
+Faults a real registry will not produce, from a scripted upstream: a body
+that does not match its digest, a connection cut mid-body, a body that
+arrives slowly. Whatever happens, the client never sees a clean end on a
+broken body, and nothing unverified reaches storage.
+"""
+
+import hashlib
+import http.client
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.support.fakeupstream import FakeUpstream, blob
+from tests.support.mirror import MirrorProcess
+
+DATA = os.urandom(4 * 1024 * 1024 + 5)
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+PATH = f"/v2/library/fault/blobs/{DIGEST}"
+
+
+def stored_files(root):
+    """
+    Every file under the cache that holds blob bytes, committed or staged.
+    """
+    found = []
+    for top in ("blobs", "_staging"):
+        for directory, _, files in os.walk(os.path.join(root, top)):
+            found += [os.path.join(directory, f) for f in files]
+    return found
+
+
+def read_blob(mirror, path=PATH):
+    """
+    GET a blob; returns (status, body) for a clean response and raises if
+    the connection broke before the declared length.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=60)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("fault", [
+    {"data": b"X" + DATA[1:]},                       # right length, wrong bytes
+    {"data": DATA, "cut_after": 0},                  # cut right after the headers
+    {"data": DATA, "cut_after": len(DATA) // 2},     # cut mid-body
+    {"data": DATA[:-10], "claimed_length": len(DATA)},  # fewer bytes than announced
+])
+def test_a_broken_upstream_body_aborts_the_client_and_stores_nothing(fault):
+    data = fault.pop("data")
+    with FakeUpstream({PATH: blob(data, **fault)}) as upstream, MirrorProcess(upstream.url) as mirror:
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            read_blob(mirror)
+        assert stored_files(mirror.root) == []
+        # the failure is not cached: the next request asks upstream again
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            read_blob(mirror)
+        assert upstream.count("GET", PATH) == 2
+        assert stored_files(mirror.root) == []
+        assert "Traceback" not in mirror.log()
+
+
+def test_the_client_gets_bytes_while_the_upstream_is_still_sending():
+    """
+    The upstream sends the first MiB and then holds the rest back until the
+    test has read bytes from the mirror: if the mirror buffered the blob
+    before answering, the read would time out.
+    """
+    release = threading.Event()
+    route = blob(DATA, hold_after=1024 * 1024, release=release)
+    with FakeUpstream({PATH: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=20)
+        connection.request("GET", PATH)
+        response = connection.getresponse()
+        assert response.status == 200
+        first = response.read(512 * 1024)
+        assert first == DATA[:512 * 1024]
+        release.set()
+        rest = response.read()
+        assert hashlib.sha256(first + rest).hexdigest() == DIGEST[7:]
+        connection.close()
+
+
+def test_concurrent_requests_share_one_upstream_transfer():
+    release = threading.Event()
+    route = blob(DATA, hold_after=1024 * 1024, release=release)
+    with FakeUpstream({PATH: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        responses = []
+        for _ in range(4):
+            connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=30)
+            connection.request("GET", PATH)
+            response = connection.getresponse()
+            assert response.read(1000) == DATA[:1000], "each client gets bytes before the fill ends"
+            responses.append((connection, response))
+        release.set()
+        for connection, response in responses:
+            assert DATA[:1000] + response.read() == DATA
+            connection.close()
+        assert upstream.count("GET", PATH) == 1
+        status, body = read_blob(mirror)
+        assert status == 200 and body == DATA
+        assert upstream.count("GET", PATH) == 1
+
+
+def test_a_client_that_leaves_does_not_stop_the_fill():
+    release = threading.Event()
+    route = blob(DATA, hold_after=1024 * 1024, release=release)
+    with FakeUpstream({PATH: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        sock = socket.create_connection(("127.0.0.1", mirror.port), timeout=20)
+        sock.sendall(f"GET {PATH} HTTP/1.1\r\nHost: mirror\r\n\r\n".encode())
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        sock.close()
+        release.set()
+        status, body = read_blob(mirror)
+        assert status == 200 and body == DATA
+        assert upstream.count("GET", PATH) == 1
+        committed = wait_for(lambda: [f for f in stored_files(mirror.root) if "_staging" not in f])
+        assert len(committed) == 1 and open(committed[0], "rb").read() == DATA
+        assert "Traceback" not in mirror.log()
+
+
+def wait_for(check, timeout=10):
+    """
+    The commit (fsync and rename) may trail the last byte sent a little.
+    """
+    deadline = time.monotonic() + timeout
+    while not (result := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return result
