@@ -4,8 +4,14 @@ its connection pool, the mirror policy, the API and one listener per
 C{[server] listen} endpoint.
 """
 
+import os
+import sys
+
 from treq.client import HTTPClient
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet import reactor as default_reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -77,7 +83,31 @@ def make_service(config, reactor=default_reactor):
 
 
 def _listener(config, description, site, reactor):
+    if description.startswith("systemd:") and "LISTEN_FDS" not in os.environ:
+        raise ConfigError(config.path, "server.listen",
+                          f"{description!r} needs socket activation: run under systemd with twistd -n")
     try:
-        return strports.service(description, site, reactor=reactor)
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except Exception as e:  # endpoint parsers raise anything from ValueError to OpenSSL errors
         raise ConfigError(config.path, "server.listen", f"invalid endpoint {description!r}: {e}") from None
+    return _Listener(endpoint, site, f"{config.path}: server.listen: cannot listen on {description!r}")
+
+
+class _Listener(StreamServerEndpointService):
+    """
+    A listening endpoint that fails the start with one line, not a traceback,
+    when its address is taken or not permitted.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, endpoint, factory, what):
+        super().__init__(endpoint, factory)
+        self._what = what
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            sys.stderr.write(f"daomirror: {self._what}: {e.socketError}\n")
+            raise SystemExit(1)
