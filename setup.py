@@ -18,5 +18,4 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "pytest-timeout>=2.2"],
     },
-    package_data={"twisted": ["plugins/daomirror_plugin.py"]},
 )
