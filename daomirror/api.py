@@ -38,7 +38,7 @@ class RegistryAPI:
     @app.route("/v2/", methods=_READ_METHODS)
     def version_check(self, request):
         _start(request, JSON)
-        return b"{}"
+        return _sized(request, b"{}")
 
     @app.route("/v2/<path:rest>", methods=_READ_METHODS)
     async def read(self, request, rest):
@@ -87,7 +87,7 @@ class RegistryAPI:
         _start(request, content_type.encode("latin-1"))
         if link:
             request.setHeader(b"Link", link.encode("latin-1"))
-        return body
+        return _sized(request, body)
 
     @app.handle_errors(errors.RegistryError)
     def registry_error(self, request, failure):
@@ -173,14 +173,20 @@ def _describe(request, digest, size):
     request.setHeader(b"Content-Length", str(size).encode("ascii"))
 
 
+def _sized(request, body):
+    """
+    A whole small body with its Content-Length (not chunked); none for a HEAD.
+    """
+    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+    return b"" if request.method == b"HEAD" else body
+
+
 def _error(request, error):
     request.setResponseCode(error.status)
     _start(request, JSON)
     for name, value in error.headers.items():
         request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-    body = error.body()
-    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
-    return b"" if request.method == b"HEAD" else body
+    return _sized(request, error.body())
 
 
 __all__ = ["RegistryAPI"]

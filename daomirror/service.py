@@ -13,7 +13,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet import reactor as default_reactor
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
 from .api import RegistryAPI
@@ -35,6 +35,7 @@ class UpstreamClientService(service.Service):
     def __init__(self, reactor):
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+        self.pool._factory = _QuietClientFactory
         self.client = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=CONNECT_TIMEOUT))
 
     def stopService(self):
@@ -53,6 +54,14 @@ class MirrorService(service.Service):
     def stopService(self):
         super().stopService()
         return self.mirror.close()
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory without a log line per upstream connection.
+    """
+
+    noisy = False
 
 
 def make_site(mirror):

@@ -15,7 +15,8 @@ from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from ..streaming import FileStreamer
-from .interfaces import IStorage, IWriter, VerificationFailed
+from .interfaces import IStorage, IWriter
+from .writer import VerifyingWriter
 
 STAGING = "_staging"
 
@@ -95,55 +96,31 @@ def _publish(staged, target):
 
 
 @implementer(IWriter)
-class _FileWriter:
+class _FileWriter(VerifyingWriter):
+    """
+    Writes to a staging file that readers may follow while it grows.
+    """
+
     def __init__(self, target, staged, digest):
+        super().__init__(digest)
         self._target = target
         self._staged = staged
-        self._digest = digest
-        self._hash = digest.hasher()
         self._file = open(staged, "wb", buffering=0)
-        self._state = "writing"
-        self.bytes_written = 0
 
-    def write(self, data):
-        if self._state != "writing":
-            raise RuntimeError(f"write after {self._state}")
-        self._hash.update(data)
+    def _append(self, data):
         view = memoryview(data)
         while view:
             view = view[self._file.write(view):]
-        self.bytes_written += len(data)
 
-    def verify(self, size):
-        if self._state != "writing":
-            raise RuntimeError(f"verify after {self._state}")
-        actual = self._hash.hexdigest()
-        if actual != self._digest.hex or (size is not None and size != self.bytes_written):
-            self.abort()
-            raise VerificationFailed(
-                f"expected {self._digest} ({size} bytes), got "
-                f"{self._digest.algorithm}:{actual} ({self.bytes_written} bytes)"
-            )
-        self._state = "verified"
+    def _publish(self):
+        return deferToThread(self._sync_and_rename)
 
-    def commit(self):
-        if self._state != "verified":
-            raise RuntimeError(f"commit while {self._state}")
-        self._state = "committing"
-        return deferToThread(self._sync_and_publish).addCallback(self._committed)
-
-    def _sync_and_publish(self):
+    def _sync_and_rename(self):
         os.fsync(self._file.fileno())
         self._file.close()
         _publish(self._staged, self._target)
 
-    def _committed(self, _):
-        self._state = "committed"
-
-    def abort(self):
-        if self._state in ("committed", "committing", "aborted"):
-            return
-        self._state = "aborted"
+    def _discard(self):
         self._file.close()
         try:
             os.unlink(self._staged)
@@ -151,4 +128,7 @@ class _FileWriter:
             pass
 
     def open_reader(self):
-        return open(self._staged, "rb")
+        try:
+            return open(self._staged, "rb")
+        except FileNotFoundError:
+            return open(self._target, "rb")  # committed (renamed into place) meanwhile

@@ -8,7 +8,8 @@ from twisted.internet.defer import succeed
 from zope.interface import implementer
 
 from ..streaming import FileStreamer
-from .interfaces import IStorage, IWriter, VerificationFailed
+from .interfaces import IStorage, IWriter
+from .writer import VerifyingWriter
 
 
 @implementer(IStorage)
@@ -43,44 +44,21 @@ class MemoryStorage:
 
 
 @implementer(IWriter)
-class _MemoryWriter:
+class _MemoryWriter(VerifyingWriter):
     def __init__(self, objects, key, digest):
+        super().__init__(digest)
         self._objects = objects
         self._key = key
-        self._digest = digest
-        self._hash = digest.hasher()
         self._buffer = bytearray()
-        self._state = "writing"
 
-    @property
-    def bytes_written(self):
-        return len(self._buffer)
-
-    def write(self, data):
-        if self._state != "writing":
-            raise RuntimeError(f"write after {self._state}")
-        self._hash.update(data)
+    def _append(self, data):
         self._buffer += data
 
-    def verify(self, size):
-        if self._state != "writing":
-            raise RuntimeError(f"verify after {self._state}")
-        actual = self._hash.hexdigest()
-        if actual != self._digest.hex or (size is not None and size != len(self._buffer)):
-            self.abort()
-            raise VerificationFailed(f"expected {self._digest}, got {self._digest.algorithm}:{actual}")
-        self._state = "verified"
-
-    def commit(self):
-        if self._state != "verified":
-            raise RuntimeError(f"commit while {self._state}")
+    def _publish(self):
         self._objects[self._key] = bytes(self._buffer)
-        self._state = "committed"
-        return succeed(None)
 
-    def abort(self):
-        if self._state != "committed":
-            self._state = "aborted"
+    def _discard(self):
+        del self._buffer[:]
 
     def open_reader(self):
         return _GrowingReader(self._buffer)

@@ -103,6 +103,16 @@ async def test_reader_follows_the_writer_and_outlives_commit(storage):
     reader.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_reader_opened_after_commit_reads_the_object(storage):
+    writer = storage.open_writer(KEY, DIGEST)
+    writer.write(DATA)
+    writer.verify(len(DATA))
+    await writer.commit()
+    with writer.open_reader() as reader:
+        assert reader.read(len(DATA) + 1) == DATA
+
+
 @pytest.mark.parametrize("start, end", [(0, len(DATA)), (5, 1_000_005), (len(DATA) - 1, len(DATA)), (7, 7)])
 @pytest_twisted.ensureDeferred
 async def test_produce_writes_the_range_with_a_streaming_producer(storage, start, end):

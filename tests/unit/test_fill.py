@@ -1,0 +1,164 @@
+"""
+A fill on its own, with a memory storage, a fake clock and in-memory
+consumers: the invariants that matter most are decided here, so they are
+tested without sockets or timing.
+"""
+
+import hashlib
+
+import pytest
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+
+from daomirror.fill import Fill, FillFailed
+from daomirror.reference import Digest
+from daomirror.storage.memory import MemoryStorage
+from daomirror.streaming import StreamBroken
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+DIGEST = Digest("sha256", hashlib.sha256(DATA).hexdigest())
+
+
+class FakeResponse:
+    """
+    Stands in for an upstream response: the test feeds its body by hand.
+    """
+
+    def __init__(self):
+        self.transport = StringTransport()
+
+    def deliverBody(self, protocol):
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+    def send(self, data):
+        self.protocol.dataReceived(data)
+
+    def end(self, reason=None):
+        self.protocol.connectionLost(Failure(reason or ResponseDone()))
+
+
+def start_fill(size=len(DATA), clock=None):
+    storage = MemoryStorage()
+    clock = clock or Clock()
+    fill = Fill(DIGEST, size, storage.open_writer("blobs/x", DIGEST), clock, idle_timeout=30)
+    response = FakeResponse()
+    fill.start(response)
+    return storage, fill, response, clock
+
+
+def drain(consumer):
+    """
+    Let a consumer's streaming producer run until it has nothing more to give.
+    """
+    if consumer.producer is not None:
+        consumer.producer.resumeProducing()
+    return consumer.value()
+
+
+def failure_of(d):
+    failures = []
+    d.addErrback(failures.append)
+    return failures[0] if failures else None
+
+
+def test_readers_follow_the_transfer_but_get_the_last_byte_only_after_verification():
+    storage, fill, response, _ = start_fill()
+    client = StringTransport()
+    done = fill.attach(client, 0, len(DATA))
+    response.send(DATA[:1000])
+    assert drain(client) == DATA[:1000]
+    response.send(DATA[1000:])
+    assert drain(client) == DATA[:-1], "the last byte waits for the digest check"
+    assert not done.called
+    response.end()
+    assert drain(client) == DATA
+    assert done.called and failure_of(done) is None
+    assert storage.objects["blobs/x"] == DATA
+    assert fill.done.result is True
+
+
+def test_a_late_joiner_reads_the_spool_then_follows():
+    _, fill, response, _ = start_fill()
+    response.send(DATA[:500_000])
+    late = StringTransport()
+    fill.attach(late, 0, len(DATA))
+    assert drain(late) == DATA[:500_000]
+    response.send(DATA[500_000:])
+    response.end()
+    assert drain(late) == DATA
+
+
+def test_a_paused_reader_does_not_hold_up_the_others_or_the_fill():
+    storage, fill, response, _ = start_fill()
+    slow, fast = StringTransport(), StringTransport()
+    fill.attach(slow, 0, len(DATA))
+    fill.attach(fast, 0, len(DATA))
+    slow.producer.pauseProducing()
+    response.send(DATA)
+    response.end()
+    assert drain(fast) == DATA
+    assert slow.value() == b""
+    assert storage.objects["blobs/x"] == DATA
+    assert drain(slow) == DATA
+
+
+@pytest.mark.parametrize("body", [b"X" + DATA[1:], DATA[:-1] + b"X"])
+def test_wrong_bytes_abort_every_reader_and_store_nothing(body):
+    storage, fill, response, _ = start_fill()
+    client = StringTransport()
+    done = fill.attach(client, 0, len(DATA))
+    response.send(body)
+    drain(client)
+    response.end()
+    assert failure_of(done).check(StreamBroken)
+    assert len(client.value()) < len(DATA)
+    assert "blobs/x" not in storage.objects
+    assert fill.done.result is False
+    assert failure_of(fill.attach(StringTransport(), 0, len(DATA))).check(FillFailed)
+
+
+def test_an_upstream_that_breaks_off_aborts_the_readers():
+    storage, fill, response, _ = start_fill()
+    client = StringTransport()
+    done = fill.attach(client, 0, len(DATA))
+    response.send(DATA[:1000])
+    response.end(ResponseFailed([Failure(ConnectionLost())]))
+    assert failure_of(done).check(StreamBroken)
+    assert "blobs/x" not in storage.objects
+
+
+def test_a_silent_upstream_is_given_up_after_the_idle_timeout():
+    _, fill, response, clock = start_fill()
+    response.send(DATA[:1000])
+    clock.advance(29)
+    assert not response.transport.disconnecting and fill.outcome is None
+    response.send(DATA[1000:2000])
+    clock.advance(29)
+    assert fill.outcome is None, "each chunk restarts the idle timer"
+    clock.advance(2)
+    assert response.transport.disconnecting or response.transport.producerState == "stopped"
+
+
+def test_a_reader_that_leaves_does_not_stop_the_fill():
+    storage, fill, response, _ = start_fill()
+    client = StringTransport()
+    done = fill.attach(client, 0, len(DATA))
+    response.send(DATA[:1000])
+    client.producer.stopProducing()
+    assert failure_of(done).check(ConnectionLost)
+    response.send(DATA[1000:])
+    response.end()
+    assert storage.objects["blobs/x"] == DATA
+
+
+def test_unknown_length_is_verified_before_readers_start():
+    _, fill, response, _ = start_fill(size=None)
+    waited = fill.wait_verified()
+    response.send(DATA)
+    assert not waited.called
+    response.end()
+    assert waited.called and fill.size == len(DATA)
