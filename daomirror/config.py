@@ -6,6 +6,7 @@ file, the key and what is wrong, so that the daemon can stop before it
 listens with a single readable line.
 """
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -15,6 +16,9 @@ DEFAULT_LISTEN = ("tcp:5000",)
 DEFAULT_UPSTREAM = "https://registry-1.docker.io"
 DEFAULT_DRIVER = "filesystem"
 DEFAULT_FILESYSTEM_ROOT = "/var/cache/daomirror"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_HEADERS_TIMEOUT = 60.0
+DEFAULT_IDLE_TIMEOUT = 60.0
 
 # The options each storage driver takes: name -> (type, default or REQUIRED).
 REQUIRED = object()
@@ -46,6 +50,10 @@ class UpstreamConfig:
     url: str = DEFAULT_UPSTREAM
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    headers_timeout: float = DEFAULT_HEADERS_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -136,9 +144,12 @@ class _Section:
 
 
 _KIND_NAMES = {str: "a string", dict: "a table", int: "an integer", bool: "true or false", list: "a list"}
+_KIND_NAMES[(str, int)] = "a duration"
 
 
 def _expected(kind):
+    if kind in _KIND_NAMES:
+        return _KIND_NAMES[kind]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(_KIND_NAMES[k] for k in kinds)
 
@@ -181,23 +192,77 @@ def _upstream(section):
     if password is not None and password_file is not None:
         raise section.error("password_file", "give either password or password_file, not both")
     if password_file is not None:
-        password = _read_secret(section, "password_file", password_file)
+        password = _read_text(section, "password_file", password_file).strip()
     if (username is None) != (password is None):
         missing = "password or password_file" if password is None else "username"
         raise section.error(missing.split()[0], f"credentials need both username and password; {missing} is missing")
+    ca_file = section.get("ca_file", str, None)
+    if ca_file is not None:
+        _read_text(section, "ca_file", ca_file)
+    timeouts = {
+        name: _duration(section, name, default, allow_zero=False)
+        for name, default in [("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+                              ("headers_timeout", DEFAULT_HEADERS_TIMEOUT),
+                              ("idle_timeout", DEFAULT_IDLE_TIMEOUT)]
+    }
     section.done()
-    return UpstreamConfig(url=url, username=username, password=password)
+    return UpstreamConfig(url=url, username=username, password=password, ca_file=ca_file, **timeouts)
 
 
-def _read_secret(section, name, path):
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text):
+    """
+    Seconds in C{"90s"}, C{"5m"}, C{"1h30m"}, C{"7d"}, C{"250ms"} or a bare
+    integer of seconds; raise ValueError otherwise.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("must not be negative")
+        return float(text)
+    if not isinstance(text, str):
+        raise ValueError("must be a duration such as \"90s\", \"5m\" or \"1h30m\", or seconds")
+    spec = text.strip()
+    if spec.isdigit():
+        return float(spec)
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(spec):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if not spec or position != len(spec):
+        raise ValueError(f"{text!r} is not a duration such as \"90s\", \"5m\" or \"1h30m\"")
+    return total
+
+
+def _duration(section, name, default, allow_zero=True):
+    raw = section.get(name, (str, int), None)
+    if raw is None:
+        return default
+    try:
+        value = parse_duration(raw)
+    except ValueError as e:
+        raise section.error(name, str(e)) from None
+    if not allow_zero and value <= 0:
+        raise section.error(name, "must be more than zero")
+    return value
+
+
+def _read_text(section, name, path):
+    """
+    The content of a file the configuration names, which must not be empty.
+    """
     try:
         with open(path, encoding="utf-8") as f:
-            secret = f.read().strip()
+            text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise section.error(name, f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    if not secret:
+    if not text.strip():
         raise section.error(name, f"{path} is empty")
-    return secret
+    return text
 
 
 def _storage(section):

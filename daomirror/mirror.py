@@ -228,7 +228,8 @@ class Mirror:
     async def _start_fill(self, name, digest):
         response = await self._upstream.blob(name, digest)
         size = response.length if isinstance(response.length, int) else None
-        fill = Fill(digest, size, self._storage.open_writer(keys.blob(digest), digest), self._reactor)
+        writer = self._storage.open_writer(keys.blob(digest), digest)
+        fill = Fill(digest, size, writer, self._reactor, self._upstream.idle_timeout)
         self._fills[digest] = _RunningFill(name, fill)
         fill.done.addCallback(self._fill_finished, name, digest)
         fill.start(response)

@@ -13,16 +13,16 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet import reactor as default_reactor
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.server import Site
 
+from .agent import UpstreamAgent, tls_policy
 from .api import RegistryAPI
 from .config import ConfigError
 from .mirror import Mirror
 from .storage import make_storage
 from .upstream import Upstream
 
-CONNECT_TIMEOUT = 10.0
 MAX_PERSISTENT_PER_HOST = 16
 
 
@@ -32,11 +32,12 @@ class UpstreamClientService(service.Service):
     closes its connections.
     """
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, upstream):
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
         self.pool._factory = _QuietClientFactory
-        self.client = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=CONNECT_TIMEOUT))
+        agent = UpstreamAgent(reactor, self.pool, upstream.connect_timeout, tls_policy(upstream.ca_file))
+        self.client = HTTPClient(agent)
 
     def stopService(self):
         super().stopService()
@@ -76,13 +77,20 @@ def make_service(config, reactor=default_reactor):
     string that is not a valid endpoint.
     """
     top = service.MultiService()
-    client = UpstreamClientService(reactor)
+    try:
+        client = UpstreamClientService(reactor, config.upstream)
+    except Exception as e:  # a CA bundle that pyOpenSSL cannot load
+        raise ConfigError(config.path, "upstream.ca_file", f"cannot use it: {e}") from None
     client.setServiceParent(top)
     try:
         storage = make_storage(config.storage.driver, config.storage.options)
     except OSError as e:
         raise ConfigError(config.path, f"storage.{config.storage.driver}", f"cannot use storage: {e}") from None
-    mirror = Mirror(storage, Upstream(config.upstream.url, client.client), reactor)
+    upstream = config.upstream
+    mirror = Mirror(storage, Upstream(
+        upstream.url, client.client, reactor, upstream.username, upstream.password,
+        headers_timeout=upstream.headers_timeout, idle_timeout=upstream.idle_timeout,
+    ), reactor)
     MirrorService(mirror).setServiceParent(top)
     site = make_site(mirror)
     for description in config.server.listen:

@@ -3,18 +3,22 @@ The upstream registry, spoken to with treq.
 
 Each method asks for one thing and either returns the upstream's answer or
 raises a L{RegistryError} saying what the client should see (DESIGN.md's
-status table): this module knows nothing about caching.
+status table): this module knows nothing about caching. Authentication
+challenges are answered by an L{Authenticator}; redirects (blob downloads
+sent to a CDN) are followed by treq's redirect agent, which drops the
+C{Authorization} header when the redirect leaves the upstream's origin.
 """
 
 import json
 
-import treq
-from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectError, TimeoutError
-from twisted.web.client import ResponseFailed
-from twisted.logger import Logger
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 
 from . import errors
+from .auth import Authenticator
 
 MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
@@ -27,8 +31,6 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v1+json",
 )
 _NOT_FOUND_CODES = {"NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"}
-
-log = Logger()
 
 
 class UpstreamManifest:
@@ -49,22 +51,26 @@ class Upstream:
     L{treq.client.HTTPClient} whose pool the caller owns).
     """
 
-    def __init__(self, url, client, headers_timeout=60.0):
+    def __init__(self, url, client, reactor, username=None, password=None,
+                 headers_timeout=60.0, idle_timeout=60.0):
         self.url = url
         self._client = client
+        self._reactor = reactor
         self._headers_timeout = headers_timeout
+        self.idle_timeout = idle_timeout
+        self._auth = Authenticator(self._get_token, username, password)
 
     async def manifest(self, name, reference, accept, method="GET"):
         """
         Fetch (or C{HEAD}) a manifest with the client's C{Accept} values.
         """
-        headers = {"Accept": list(accept)} if accept else {}
-        response = await self._request(method, f"/v2/{name}/manifests/{reference}", headers, "manifest")
+        headers = {"Accept": [", ".join(accept)]} if accept else {}
+        response = await self._request(method, name, f"manifests/{reference}", headers, "manifest")
         media_type = _header(response, "Content-Type") or ""
         digest = _header(response, "Docker-Content-Digest")
         if method == "HEAD":
             return UpstreamManifest(None, media_type, digest, _content_length(response))
-        body = await _read_limited(response, MANIFEST_SIZE_LIMIT, "manifest")
+        body = await self._read(response, MANIFEST_SIZE_LIMIT, "manifest")
         return UpstreamManifest(body, media_type, digest, len(body))
 
     async def blob(self, name, digest):
@@ -72,90 +78,178 @@ class Upstream:
         Start a blob download; the caller delivers the body with
         C{response.deliverBody}.
         """
-        return await self._request("GET", f"/v2/{name}/blobs/{digest}", {}, "blob")
+        return await self._request("GET", name, f"blobs/{digest}", {}, "blob")
 
     async def blob_size(self, name, digest):
         """
         Ask with a C{HEAD} whether the blob exists in C{name}; its size or None.
         """
-        response = await self._request("HEAD", f"/v2/{name}/blobs/{digest}", {}, "blob")
+        response = await self._request("HEAD", name, f"blobs/{digest}", {}, "blob")
         return _content_length(response)
 
     async def tags(self, name, query):
         """
-        The tag list (body and content type), with the client's query string.
+        The tag list (body, content type and Link header), with the client's
+        pagination query.
         """
-        path = f"/v2/{name}/tags/list" + (f"?{query}" if query else "")
-        response = await self._request("GET", path, {}, "name")
-        body = await _read_limited(response, MANIFEST_SIZE_LIMIT, "tag list")
+        response = await self._request("GET", name, "tags/list" + (f"?{query}" if query else ""), {}, "name")
+        body = await self._read(response, MANIFEST_SIZE_LIMIT, "tag list")
         return body, _header(response, "Content-Type") or "application/json", _header(response, "Link")
 
-    async def _request(self, method, path, headers, what):
-        url = self.url + path
-        try:
-            response = await self._client.request(
-                method, url, headers=headers, unbuffered=True, timeout=self._headers_timeout
-            )
-        except (CancelledError, TimeoutError) as e:
-            raise errors.upstream_timeout(f"{method} {path}: no answer from upstream in time") from e
-        except (ConnectError, ResponseFailed, OSError) as e:
-            raise errors.unavailable(f"{method} {path}: cannot reach upstream: {_describe(e)}") from e
+    async def _request(self, method, name, rest, headers, what):
+        """
+        One request for something in repository C{name}, authenticated as the
+        upstream asks: at most one retry, with a fresh token, after a 401.
+        """
+        path = f"/v2/{name}/{rest}"
+        scope = f"repository:{name}:pull"
+        sent = self._auth.cached(scope)
+        response = await self._send(method, path, headers, sent)
+        if response.code == 401:
+            challenges = response.headers.getRawHeaders("WWW-Authenticate") or []
+            await self._discard(response)
+            answer = await self._auth.answer(challenges, scope, rejected=sent)
+            response = await self._send(method, path, headers, answer)
+            if response.code == 401:
+                await self._discard(response)
+                raise errors.unavailable(f"{method} {path}: upstream refused the mirror's credentials (401)")
         if response.code == 200:
             return response
-        raise await _error_for(response, method, path, what)
+        raise await self._error_for(response, method, path, what)
+
+    async def _send(self, method, path, headers, authorization):
+        if authorization is not None:
+            headers = dict(headers, Authorization=[authorization])
+        return await self._fetch(method, self.url + path, headers)
+
+    async def _fetch(self, method, url, headers):
+        """
+        Send one request and wait for the response headers, turning every
+        way of not getting them into the right error.
+        """
+        try:
+            return await self._client.request(
+                method, url, headers=headers, unbuffered=True, timeout=self._headers_timeout
+            )
+        except (CancelledError, TimeoutError, ConnectingCancelledError) as e:
+            raise errors.upstream_timeout(f"{method} {_path_of(url)}: no answer from upstream in time") from e
+        except (ConnectError, ResponseFailed, ResponseNeverReceived, OSError) as e:
+            raise errors.unavailable(f"{method} {_path_of(url)}: cannot reach upstream: {_describe(e)}") from e
+
+    async def _get_token(self, url, headers):
+        """
+        Fetch a token from the upstream's realm, for the L{Authenticator}.
+        """
+        response = await self._fetch("GET", url, headers)
+        return response.code, await self._read(response, ERROR_BODY_LIMIT, "token")
+
+    async def _error_for(self, response, method, path, what):
+        """
+        Map a non-200 upstream answer to what our client should see.
+        """
+        status = response.code
+        code = await self._error_code(response) if method != "HEAD" else None
+        if status == 404:
+            if code not in _NOT_FOUND_CODES:
+                code = {"manifest": "MANIFEST_UNKNOWN", "blob": "BLOB_UNKNOWN"}.get(what, "NAME_UNKNOWN")
+            return errors.RegistryError(404, code, f"{what} unknown upstream", {"path": path})
+        if status == 429:
+            return errors.too_many_requests(_header(response, "Retry-After"))
+        if status in (401, 403):
+            return errors.unavailable(f"{method} {path}: upstream refused the mirror's credentials ({status})")
+        if status >= 500:
+            return errors.unavailable(f"{method} {path}: upstream answered {status}")
+        return errors.unavailable(f"{method} {path}: unexpected upstream answer {status} {code or ''}".rstrip())
+
+    async def _error_code(self, response):
+        """
+        The first OCI error code in an upstream error body, if it has one; the
+        body may as well be text, HTML or nothing.
+        """
+        try:
+            body = await self._read(response, ERROR_BODY_LIMIT, "error")
+            return json.loads(body)["errors"][0]["code"]
+        except Exception:  # a broken or foreign error body must not hide the error itself
+            return None
+
+    async def _discard(self, response):
+        try:
+            await self._read(response, ERROR_BODY_LIMIT, "error")
+        except errors.RegistryError:
+            pass
+
+    async def _read(self, response, limit, what):
+        """
+        Read a small body whole: at most C{limit} bytes, and never silent for
+        longer than the idle timeout.
+        """
+        done = Deferred()
+        response.deliverBody(_SmallBody(done, limit, self._reactor, self.idle_timeout))
+        try:
+            return await done
+        except _TooLarge:
+            raise errors.unavailable(f"upstream {what} is larger than {limit} bytes") from None
+        except _Silent:
+            raise errors.upstream_timeout(f"upstream {what} body stalled") from None
+        except Exception as e:
+            raise errors.unavailable(f"upstream {what} body broke off: {_describe(e)}") from e
 
 
-async def _error_for(response, method, path, what):
+class _TooLarge(Exception):
+    pass
+
+
+class _Silent(Exception):
+    pass
+
+
+class _SmallBody(Protocol):
     """
-    Map a non-200 upstream answer to what our client should see.
+    Collects a small response body, giving up on one that is too large or
+    goes silent.
     """
-    status = response.code
-    code = await _upstream_error_code(response) if method != "HEAD" else None
-    if status == 404:
-        if code not in _NOT_FOUND_CODES:
-            code = {"manifest": "MANIFEST_UNKNOWN", "blob": "BLOB_UNKNOWN"}.get(what, "NAME_UNKNOWN")
-        return errors.RegistryError(404, code, f"{what} unknown upstream", {"path": path})
-    if status == 429:
-        return errors.too_many_requests(_header(response, "Retry-After"))
-    if status in (401, 403):
-        return errors.unavailable(f"{method} {path}: upstream refused the mirror's credentials ({status})")
-    if status >= 500:
-        return errors.unavailable(f"{method} {path}: upstream answered {status}")
-    return errors.unavailable(f"{method} {path}: unexpected upstream answer {status} {code or ''}".rstrip())
+
+    def __init__(self, done, limit, reactor, idle_timeout):
+        self._done = done
+        self._limit = limit
+        self._chunks = []
+        self._received = 0
+        self._idle = reactor.callLater(idle_timeout, self._give_up, _Silent())
+        self._idle_timeout = idle_timeout
+
+    def dataReceived(self, data):
+        if self._done.called:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self._give_up(_TooLarge())
+            return
+        self._chunks.append(data)
+        self._idle.reset(self._idle_timeout)
+
+    def _give_up(self, why):
+        if self._idle.active():
+            self._idle.cancel()
+        self._done.errback(Failure(why))
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason):
+        if self._idle.active():
+            self._idle.cancel()
+        if self._done.called:
+            return
+        if reason.check(ResponseDone):
+            self._done.callback(b"".join(self._chunks))
+        else:
+            self._done.errback(reason)
 
 
-async def _upstream_error_code(response):
+def _path_of(url):
     """
-    The first OCI error code in an upstream error body, if it has one; the
-    body may as well be text, HTML or nothing.
+    A URL for an error message: the path only, since a realm's query may
+    name accounts.
     """
-    try:
-        body = await _read_limited(response, ERROR_BODY_LIMIT, "error")
-        return json.loads(body)["errors"][0]["code"]
-    except Exception:  # a broken or foreign error body must not hide the error itself
-        return None
-
-
-async def _read_limited(response, limit, what):
-    """
-    Read a small body whole, refusing one larger than C{limit}.
-    """
-    chunks = []
-    received = [0]
-
-    def collect(data):
-        received[0] += len(data)
-        if received[0] > limit:
-            raise errors.unavailable(f"upstream {what} is larger than {limit} bytes")
-        chunks.append(data)
-
-    try:
-        await treq.collect(response, collect)
-    except errors.RegistryError:
-        raise
-    except Exception as e:
-        raise errors.unavailable(f"upstream {what} body broke off: {_describe(e)}") from e
-    return b"".join(chunks)
+    return url.split("?")[0]
 
 
 def _content_length(response):
@@ -173,7 +267,6 @@ def _header(response, name):
 
 
 def _describe(e):
-    if isinstance(e, ResponseFailed) and e.reasons:
+    if isinstance(e, (ResponseFailed, ResponseNeverReceived)) and e.reasons:
         return "; ".join(r.getErrorMessage() for r in e.reasons)
     return str(e) or type(e).__name__
-

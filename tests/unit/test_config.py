@@ -90,3 +90,43 @@ def test_not_toml(tmp_path):
     with pytest.raises(config.ConfigError) as e:
         config.load(write(tmp_path, "[server\n"))
     assert "not valid TOML" in str(e.value)
+
+
+def test_upstream_timeouts_and_ca_file(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n...\n")
+    loaded = config.load(write(tmp_path, f"""
+[upstream]
+ca_file = "{ca}"
+connect_timeout = "5s"
+headers_timeout = "2m"
+idle_timeout = 90
+"""))
+    assert loaded.upstream.ca_file == str(ca)
+    assert (loaded.upstream.connect_timeout, loaded.upstream.headers_timeout, loaded.upstream.idle_timeout) == (
+        5.0, 120.0, 90.0)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("connect_timeout = '5 parsecs'", "is not a duration"),
+    ("idle_timeout = 0", "more than zero"),
+    ("headers_timeout = true", "must be a duration"),
+    ("ca_file = '/nonexistent/ca.pem'", "cannot read"),
+])
+def test_bad_upstream_settings(tmp_path, text, problem):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(write(tmp_path, f"[upstream]\n{text}\n"))
+    assert problem in e.value.problem
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("90s", 90), ("5m", 300), ("1h30m", 5400), ("7d", 604800), (300, 300), ("0", 0), ("250ms", 0.25),
+])
+def test_durations(text, seconds):
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "", "m5", "5 m", "1h 30m", -1, True, 1.5])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        config.parse_duration(text)
