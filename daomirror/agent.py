@@ -190,14 +190,14 @@ class _TunnelProtocol(Protocol):
         if len(status) < 2 or status[1] != b"200":
             self._refuse(head.split(b"\r\n", 1)[0])
             return
-        # The tunnel is open: speak TLS inside it, and hand the connection
-        # to the protocol that asked for it.
+        if rest:
+            self._refuse(b"data before the TLS handshake")
+            return
+        # The tunnel is open: hand the connection to the protocol that asked
+        # for it; startTLS wraps it and connects it through the TLS layer.
         inner = self._factory.buildProtocol(self.transport.getPeer())
         self.transport.protocol = inner
         self.transport.startTLS(self._endpoint._creator)
-        inner.makeConnection(self.transport)
-        if rest:
-            inner.dataReceived(rest)
         self._established.callback(inner)
 
     def _refuse(self, why):

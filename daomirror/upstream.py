@@ -10,6 +10,7 @@ C{Authorization} header when the redirect leaves the upstream's origin.
 """
 
 import json
+from urllib.parse import urljoin, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
@@ -31,6 +32,8 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v1+json",
 )
 _NOT_FOUND_CODES = {"NAME_UNKNOWN", "MANIFEST_UNKNOWN", "BLOB_UNKNOWN"}
+_REDIRECTS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
 
 
 class UpstreamManifest:
@@ -58,6 +61,7 @@ class Upstream:
         self._reactor = reactor
         self._headers_timeout = headers_timeout
         self.idle_timeout = idle_timeout
+        self._origin = _origin(url)
         self._auth = Authenticator(self._get_token, username, password)
 
     async def manifest(self, name, reference, accept, method="GET"):
@@ -118,9 +122,26 @@ class Upstream:
         raise await self._error_for(response, method, path, what)
 
     async def _send(self, method, path, headers, authorization):
-        if authorization is not None:
-            headers = dict(headers, Authorization=[authorization])
-        return await self._fetch(method, self.url + path, headers)
+        """
+        Send a request and follow its redirects (a blob download is usually
+        sent to a CDN), each relative C{Location} resolved against the URL
+        that sent it. C{authorization} goes to the upstream's own origin
+        only, never across a redirect to another host.
+        """
+        url = self.url + path
+        for _ in range(MAX_REDIRECTS):
+            sending = headers
+            if authorization is not None and _origin(url) == self._origin:
+                sending = dict(headers, Authorization=[authorization])
+            response = await self._fetch(method, url, sending)
+            location = _header(response, "Location")
+            if response.code not in _REDIRECTS or not location:
+                return response
+            await self._discard(response)
+            url = urljoin(url, location)
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise errors.unavailable(f"{method} {path}: upstream redirected to a non-HTTP URL")
+        raise errors.unavailable(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
 
     async def _fetch(self, method, url, headers):
         """
@@ -129,11 +150,14 @@ class Upstream:
         """
         try:
             return await self._client.request(
-                method, url, headers=headers, unbuffered=True, timeout=self._headers_timeout
+                method, url, headers=headers, unbuffered=True, timeout=self._headers_timeout,
+                allow_redirects=False,
             )
         except (CancelledError, TimeoutError, ConnectingCancelledError) as e:
             raise errors.upstream_timeout(f"{method} {_path_of(url)}: no answer from upstream in time") from e
         except (ConnectError, ResponseFailed, ResponseNeverReceived, OSError) as e:
+            if _timed_out(e):  # treq's timeout cancels the request, which surfaces as a failure
+                raise errors.upstream_timeout(f"{method} {_path_of(url)}: no answer from upstream in time") from e
             raise errors.unavailable(f"{method} {_path_of(url)}: cannot reach upstream: {_describe(e)}") from e
 
     async def _get_token(self, url, headers):
@@ -244,6 +268,12 @@ class _SmallBody(Protocol):
             self._done.errback(reason)
 
 
+def _origin(url):
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
 def _path_of(url):
     """
     A URL for an error message: the path only, since a realm's query may
@@ -264,6 +294,11 @@ def _content_length(response):
 def _header(response, name):
     values = response.headers.getRawHeaders(name)
     return values[0] if values else None
+
+
+def _timed_out(e):
+    reasons = getattr(e, "reasons", None) or []
+    return any(r.check(CancelledError, TimeoutError, ConnectingCancelledError) for r in reasons)
 
 
 def _describe(e):

@@ -24,15 +24,17 @@ Run it as root from the repository root::
 It exits non-zero with a message if anything fails, and exits 1 if the
 warm pull fetched any blob from upstream.  Every daemon it starts is
 stopped, and its temporary directories removed, on the way out (also on
-failure and on Ctrl-C); on failure daomirror's log is kept and its path
-printed.
+failure and on Ctrl-C); on failure its work directory, with daomirror's
+log, is kept and its path printed.
 """
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,7 +50,8 @@ BIG_LAYER = 64 * 1024 * 1024
 
 # A twisted.web access log line, e.g.
 #   "GET /v2/library/busybox/blobs/sha256:... HTTP/1.1" 200 67109000 "-" "docker/..."
-MIRROR_ACCESS = re.compile(r'"(?P<method>[A-Z]+) (?P<path>[^ ?"]+)\S* HTTP/[\d.]+" (?P<status>\d{3}) (?P<size>\d+|-)')
+MIRROR_ACCESS = re.compile(
+    r'"(?P<method>[A-Z]+) (?P<path>[^ ?"]+)\S* HTTP/[\d.]+" (?P<status>\d{3}) (?P<size>\d+|-)')
 
 
 def step(message):
@@ -76,7 +79,7 @@ def mirror_blob_bytes_sent(mirror, since):
 
 
 def wait_for_mirror_log(mirror, since, expected, timeout=5.0):
-    """The access log line is written as a response finishes: wait until it shows ``expected`` bytes."""
+    """Access log lines are written as responses finish: wait for ``expected`` blob bytes."""
     deadline = time.monotonic() + timeout
     while True:
         sent = mirror_blob_bytes_sent(mirror, since)
@@ -134,12 +137,12 @@ def demo(stack):
     report("warm pull", *warm)
     print()
     if warm[1] or warm[2]:
-        print(f"!!! FAILURE: the warm pull fetched {warm[1]} blob(s), {warm[2]} bytes, from upstream;"
-              " the mirror should have served them all from its cache !!!", file=sys.stderr)
+        print(f"!!! FAILURE: the warm pull fetched {warm[1]} blob(s), {warm[2]} bytes, from "
+              "upstream; daomirror should have served them all from its cache !!!", file=sys.stderr)
         return 1
     if cold[1] == 0:
-        print("!!! FAILURE: the cold pull fetched nothing from upstream: the numbers above are wrong !!!",
-              file=sys.stderr)
+        print("!!! FAILURE: the cold pull fetched no blob from upstream: "
+              "the numbers above cannot be right !!!", file=sys.stderr)
         return 1
     print("OK: the warm pull was served entirely from daomirror's cache.")
     print("(The upstream here is on loopback, as fast as the cache: most of each pull's time is\n"
@@ -148,37 +151,39 @@ def demo(stack):
     return 0
 
 
-def stop_all(stack, keep_mirror_log):
+def stop_all(stack):
     for name in ("dockerd", "mirror", "upstream"):
         daemon = stack.get(name)
-        if daemon is None:
-            continue
-        try:
-            daemon.stop()
-        except Exception as e:  # noqa: BLE001 - keep stopping the others
-            print(f"warning: stopping {name} failed: {e}", file=sys.stderr)
-    mirror = stack.get("mirror")
-    if mirror is not None:
-        if keep_mirror_log:
-            print(f"daomirror's log: {mirror.log_path}", file=sys.stderr)
-        else:
-            shutil.rmtree(mirror.workdir, ignore_errors=True)
+        if daemon is not None:
+            try:
+                daemon.stop()
+            except Exception as e:  # noqa: BLE001 - keep stopping the others
+                print(f"warning: stopping {name} failed: {e}", file=sys.stderr)
 
 
-def stop_stray_children():
-    """Last resort: terminate any child process of ours still running (e.g. a daomirror
+def stop_stray_children(timeout=10.0):
+    """Last resort: stop any child process of ours still running (e.g. a daomirror
     whose start-up was interrupted before MirrorProcess returned)."""
+    strays = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
             continue
-        if fields[1] == str(os.getpid()) and fields[0] != "Z":
-            try:
+        if int(ppid) == os.getpid() and state != "Z":
+            strays.append(int(entry))
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    deadline = time.monotonic() + timeout
+    for pid in strays:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.05)
 
 
 def main():
@@ -189,6 +194,10 @@ def main():
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminated)
+    # The registry's storage, daomirror's cache and log and the built layers all
+    # go in one directory (dockerd's own, short-named one goes in /tmp and
+    # removes itself), so that nothing is left behind whenever we stop.
+    workdir = tempfile.tempdir = tempfile.mkdtemp(prefix="daomirror-demo-")
     stack = {}
     status = 2
     try:
@@ -202,8 +211,13 @@ def main():
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # don't interrupt the clean-up itself
             signal.signal(signum, signal.SIG_IGN)
-        stop_all(stack, keep_mirror_log=status not in (0, 130))
+        stop_all(stack)
         stop_stray_children()
+        if status in (0, 130):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            where = stack["mirror"].log_path if "mirror" in stack else workdir
+            print(f"demo: kept for inspection: {where}", file=sys.stderr)
     return status
 
 

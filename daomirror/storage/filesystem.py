@@ -67,17 +67,28 @@ class FilesystemStorage:
 
     def put(self, key, data):
         target = self.path(key)
-        staged = os.path.join(self._staging, uuid.uuid4().hex)
-        with open(staged, "wb") as f:
+        with self._new_staging_file("wb") as f:
             f.write(data)
-        _publish(staged, target)
+        _publish(f.name, target)
         return succeed(None)
+
+    def _new_staging_file(self, mode, **kwargs):
+        """
+        A fresh staging file; the staging folder is made again if someone
+        removed it under a running mirror.
+        """
+        path = os.path.join(self._staging, uuid.uuid4().hex)
+        try:
+            return open(path, mode, **kwargs)
+        except FileNotFoundError:
+            os.makedirs(self._staging, exist_ok=True)
+            return open(path, mode, **kwargs)
 
     def produce(self, key, consumer, start, end):
         return FileStreamer(open(self.path(key), "rb"), consumer, start, end).start()
 
     def open_writer(self, key, digest):
-        return _FileWriter(self.path(key), os.path.join(self._staging, uuid.uuid4().hex), digest)
+        return _FileWriter(self.path(key), self._new_staging_file("wb", buffering=0), digest)
 
     def delete(self, key):
         try:
@@ -101,11 +112,11 @@ class _FileWriter(VerifyingWriter):
     Writes to a staging file that readers may follow while it grows.
     """
 
-    def __init__(self, target, staged, digest):
+    def __init__(self, target, staging_file, digest):
         super().__init__(digest)
         self._target = target
-        self._staged = staged
-        self._file = open(staged, "wb", buffering=0)
+        self._file = staging_file
+        self._staged = staging_file.name
 
     def _append(self, data):
         view = memoryview(data)

@@ -19,9 +19,10 @@ class FakeUpstream:
     C{(method, path)} of everything asked.
     """
 
-    def __init__(self, routes=None):
+    def __init__(self, routes=None, host="127.0.0.1"):
         self.routes = dict(routes or {})
         self.requests = []
+        self.headers = []  # the request headers, in the order of requests
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,16 +36,17 @@ class FakeUpstream:
 
             do_HEAD = do_GET
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     def _answer(self, handler):
         path = handler.path.split("?")[0]
         self.requests.append((handler.command, path))
+        self.headers.append(handler.headers)
         if path == "/v2/":
             return send(handler, 200, b"{}", "application/json")
         route = self.routes.get(path)

@@ -23,11 +23,11 @@ def twistd_command():
     return [candidate] if os.path.exists(candidate) else [sys.executable, "-m", "twisted"]
 
 
-def write_config(path, *, port, upstream, root, extra=""):
+def write_config(path, *, port, upstream, root, extra="", upstream_extra=""):
     with open(path, "w") as f:
         f.write(
             f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n\n'
-            f'[upstream]\nurl = "{upstream}"\n\n'
+            f'[upstream]\nurl = "{upstream}"\n{upstream_extra}\n'
             f'[storage]\ndriver = "filesystem"\n\n'
             f'[storage.filesystem]\nroot = "{root}"\n{extra}'
         )
@@ -40,7 +40,7 @@ class MirrorProcess:
     a mirror on the same cache).
     """
 
-    def __init__(self, upstream, root=None, port=None, extra_config=""):
+    def __init__(self, upstream, root=None, port=None, extra_config="", upstream_config="", env=None):
         self.workdir = tempfile.mkdtemp(prefix="daomirror-test-")
         self.root = root or os.path.join(self.workdir, "cache")
         self.port = port or free_port()
@@ -48,8 +48,9 @@ class MirrorProcess:
         self.host = f"127.0.0.1:{self.port}"
         self.config_path = os.path.join(self.workdir, "daomirror.toml")
         self.log_path = os.path.join(self.workdir, "daomirror.log")
-        write_config(self.config_path, port=self.port, upstream=upstream, root=self.root, extra=extra_config)
-        env = dict(os.environ, PYTHONPATH=PROJECT)
+        write_config(self.config_path, port=self.port, upstream=upstream, root=self.root, extra=extra_config,
+                     upstream_extra=upstream_config)
+        env = dict(os.environ if env is None else env, PYTHONPATH=PROJECT)
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 twistd_command() + ["-n", "--pidfile=", "daomirror", "--config", self.config_path],
