@@ -194,10 +194,12 @@ class _TunnelProtocol(Protocol):
             self._refuse(b"data before the TLS handshake")
             return
         # The tunnel is open: hand the connection to the protocol that asked
-        # for it; startTLS wraps it and connects it through the TLS layer.
+        # for it, behind a TLS layer (startTLS wraps transport.protocol; the
+        # transport's writes then go through TLS).
         inner = self._factory.buildProtocol(self.transport.getPeer())
         self.transport.protocol = inner
         self.transport.startTLS(self._endpoint._creator)
+        inner.makeConnection(self.transport)
         self._established.callback(inner)
 
     def _refuse(self, why):

@@ -130,9 +130,11 @@ class Authenticator:
         @param rejected: the header the upstream just refused, if any; it is
             forgotten, so the answer is a fresh token, never the same one.
         """
-        if rejected is not None:
-            if self._tokens.get(scope) and self._tokens[scope].header == rejected:
-                del self._tokens[scope]
+        current = self.cached(scope)
+        if current is not None and current != rejected:
+            return current  # another request got a token meanwhile
+        if rejected is not None and self._tokens.get(scope) and self._tokens[scope].header == rejected:
+            del self._tokens[scope]
         challenges = parse_challenges(challenge_values)
         bearer = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
         if bearer is not None:

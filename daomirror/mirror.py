@@ -14,16 +14,16 @@ and what is filled from upstream into storage.
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 
 from . import errors, keys
 from .fill import Fill
+from .manifests import digested_bytes
 from .reference import Digest, InvalidReference, parse_digest, sha256_of
 from .singleflight import SingleFlight
-from .storage import VerificationFailed
 from .upstream import MANIFEST_TYPES
 
 # Upstream troubles during which a cached tag is still served.
@@ -94,9 +94,10 @@ class Mirror:
             if cached is not None and acceptable(cached.media_type, accept):
                 return cached
         fetched = await self._upstream.manifest(name, str(digest), accept or MANIFEST_TYPES)
-        if not digest.matches(fetched.body):
+        media_type = _media_type(fetched)
+        if not digest.matches(digested_bytes(fetched.body, media_type)):
             raise errors.unavailable(f"upstream sent a manifest that does not match {digest}")
-        manifest = Manifest(fetched.body, _media_type(fetched), digest)
+        manifest = Manifest(fetched.body, media_type, digest)
         await self._store_manifest(name, manifest)
         return manifest
 
@@ -132,7 +133,8 @@ class Mirror:
                     await self._remember_tag(name, tag, record, manifest)
                     return manifest
         fetched = await self._upstream.manifest(name, tag, accept)
-        manifest = Manifest(fetched.body, _media_type(fetched), _verified_digest(fetched))
+        media_type = _media_type(fetched)
+        manifest = Manifest(fetched.body, media_type, _verified_digest(fetched, media_type))
         await self._store_manifest(name, manifest)
         await self._remember_tag(name, tag, record, manifest)
         return manifest
@@ -148,6 +150,9 @@ class Mirror:
             return {"representations": {}}
 
     async def _remember_tag(self, name, tag, record, manifest):
+        known = record["representations"].get(manifest.media_type)
+        if known is not None and known["digest"] == str(manifest.digest):
+            return  # unchanged: no write per request
         record["representations"][manifest.media_type] = {
             "digest": str(manifest.digest),
             "mediaType": manifest.media_type,
@@ -163,15 +168,13 @@ class Mirror:
         return Manifest(body, media_type.decode(), digest)
 
     async def _store_manifest(self, name, manifest):
+        """
+        Keep a manifest whose digest the caller has verified; the type record
+        goes first, so a manifest is never visible without its type.
+        """
         if await self._storage.stat(keys.manifest(manifest.digest)) is None:
             await self._storage.put(keys.manifest_media_type(manifest.digest), manifest.media_type.encode())
-            writer = self._storage.open_writer(keys.manifest(manifest.digest), manifest.digest)
-            try:
-                writer.write(manifest.body)
-                writer.verify(len(manifest.body))
-            except VerificationFailed as e:
-                raise errors.unavailable(f"upstream manifest failed verification: {e}") from e
-            await writer.commit()
+            await self._storage.put(keys.manifest(manifest.digest), manifest.body)
         await self._storage.put(keys.manifest_link(name, manifest.digest), b"")
 
     # Blobs
@@ -279,18 +282,19 @@ def _media_type(upstream_manifest):
         return "application/json"
 
 
-def _verified_digest(fetched) -> Optional[Digest]:
+def _verified_digest(fetched, media_type) -> Digest:
     """
     The digest of a manifest fetched by tag: the upstream's
     Docker-Content-Digest when it sent one and the bytes match it, else their
     sha256.
     """
+    digested = digested_bytes(fetched.body, media_type)
     if fetched.digest:
         try:
             claimed = parse_digest(fetched.digest)
         except InvalidReference:
             raise errors.unavailable(f"upstream sent an invalid Docker-Content-Digest {fetched.digest[:80]!r}")
-        if not claimed.matches(fetched.body):
+        if not claimed.matches(digested):
             raise errors.unavailable(f"upstream manifest does not match its Docker-Content-Digest {claimed}")
         return claimed
-    return sha256_of(fetched.body)
+    return sha256_of(digested)

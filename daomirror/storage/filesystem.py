@@ -67,10 +67,8 @@ class FilesystemStorage:
 
     def put(self, key, data):
         target = self.path(key)
-        with self._new_staging_file("wb") as f:
-            f.write(data)
-        _publish(f.name, target)
-        return succeed(None)
+        staging = self._new_staging_file("wb")
+        return deferToThread(_write_and_publish, staging, data, target)
 
     def _new_staging_file(self, mode, **kwargs):
         """
@@ -96,6 +94,14 @@ class FilesystemStorage:
         except FileNotFoundError:
             pass
         return succeed(None)
+
+
+def _write_and_publish(staging, data, target):
+    with staging:
+        staging.write(data)
+        staging.flush()
+        os.fsync(staging.fileno())
+    _publish(staging.name, target)
 
 
 def _publish(staged, target):

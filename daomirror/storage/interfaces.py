@@ -40,7 +40,10 @@ class IStorage(Interface):
 
     def put(key, data):
         """
-        Replace the small object at C{key} with C{data}, atomically.
+        Replace the small object at C{key} with C{data}, atomically and
+        durably. The caller vouches for the content: records, and manifests
+        whose digest it has verified (a signed schema 1 manifest's digest
+        does not cover all of its bytes, so a writer could not check it).
 
         @rtype: L{Deferred} firing when it is durable.
         """

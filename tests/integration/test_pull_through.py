@@ -244,3 +244,24 @@ def test_cache_survives_a_restart_and_serves_with_upstream_gone(upstream):
             assert status == 200 and sha256(data) == blob
         status, _, body = second.request("GET", "/v2/library/uncached/manifests/v1", {"Accept": ALL_TYPES})
         assert status == 502 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+
+
+def test_a_client_without_accept_gets_what_upstream_gives_it(mirror, upstream, image):
+    """
+    With no Accept header the reference registry answers a signed schema 1
+    manifest, whose digest covers its payload, not all of its bytes.
+    """
+    import http.client
+
+    connection = http.client.HTTPConnection(upstream.host, timeout=30)
+    connection.request("GET", f"/v2/{image.repo}/manifests/v1")
+    direct = connection.getresponse()
+    direct_body = direct.read()
+    for _ in range(2):
+        status, headers, body = mirror.request("GET", f"/v2/{image.repo}/manifests/v1")
+        assert status == 200
+        assert headers["content-type"] == direct.getheader("Content-Type")
+        assert headers["docker-content-digest"] == direct.getheader("Docker-Content-Digest")
+        unsigned = {k: v for k, v in json.loads(body).items() if k != "signatures"}
+        assert unsigned == {k: v for k, v in json.loads(direct_body).items() if k != "signatures"}
+        assert json.loads(body)["signatures"], "signed afresh on each request upstream; kept as sent here"

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -233,7 +234,11 @@ class UpstreamRegistry:
                     + tail(self.app_log_path)
                 )
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                if self.tls:
+                    conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2,
+                                                       context=ssl._create_unverified_context())
+                else:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 conn.request("GET", "/v2/", headers={"User-Agent": READINESS_USER_AGENT})
                 resp = conn.getresponse()
                 resp.read()
@@ -299,8 +304,12 @@ class UpstreamRegistry:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}"
+        """``http://127.0.0.1:PORT`` (``https://`` when ``http.tls`` is configured)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    @property
+    def tls(self) -> bool:
+        return bool(self._extra.get("http", {}).get("tls"))
 
     # -- access log ------------------------------------------------------
 
