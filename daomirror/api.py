@@ -8,14 +8,18 @@ OCI error body.
 """
 
 
+from urllib.parse import unquote_to_bytes, urlencode
+
 from klein import Klein
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
+from twisted.web.resource import IResource
+from zope.interface import implementer
 from werkzeug.exceptions import HTTPException
 
 from . import errors
 from .fill import FillFailed
-from .reference import InvalidReference, parse_digest, parse_name, parse_reference
+from .reference import InvalidReference, parse_digest, parse_name, parse_reference, parse_tag
 from .streaming import StreamBroken
 
 API_VERSION = b"registry/2.0"
@@ -33,12 +37,16 @@ class RegistryAPI:
         self._mirror = mirror
 
     def resource(self):
-        return self.app.resource()
+        return _Front(self.app.resource())
 
     @app.route("/v2/", methods=_READ_METHODS)
     def version_check(self, request):
         _start(request, JSON)
         return _sized(request, b"{}")
+
+    @app.route("/v2/", methods=_WRITE_METHODS)
+    def version_check_write(self, request):
+        raise errors.unsupported("this registry is a read-only mirror")
 
     @app.route("/v2/<path:rest>", methods=_READ_METHODS)
     async def read(self, request, rest):
@@ -82,8 +90,7 @@ class RegistryAPI:
         return b""
 
     async def _tags(self, request, name):
-        query = request.uri.partition(b"?")[2].decode("latin-1")
-        body, content_type, link = await self._mirror.tags(name, _tag_query(query))
+        body, content_type, link = await self._mirror.tags(name, _pagination(request))
         _start(request, content_type.encode("latin-1"))
         if link:
             request.setHeader(b"Link", link.encode("latin-1"))
@@ -105,6 +112,36 @@ class RegistryAPI:
         return _error(request, errors.RegistryError(503, "UNAVAILABLE", "internal error in the mirror"))
 
 
+@implementer(IResource)
+class _Front:
+    """
+    What Klein would answer itself, answered the registry's way: a path or
+    Host that is not valid UTF-8 (Klein's own 400 page, and a traceback in
+    the log), and methods in lower case (which the router would match, but
+    Twisted would not treat as HEAD).
+    """
+
+    isLeaf = True
+
+    def __init__(self, klein_resource):
+        self._klein = klein_resource
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+    def putChild(self, path, child):
+        raise NotImplementedError()
+
+    def render(self, request):
+        request.method = request.method.upper()
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+            (request.getHeader(b"host") or b"").decode("ascii")
+        except UnicodeDecodeError:
+            return _error(request, errors.name_invalid("the path or Host header is not valid text"))
+        return self._klein.render(request)
+
+
 def _route(request):
     """
     Split C{/v2/<name>/<kind>/<last>} and validate each part; the raw path is
@@ -114,6 +151,8 @@ def _route(request):
         path = request.path.decode("ascii")
     except UnicodeDecodeError:
         raise errors.name_invalid("the path is not ASCII") from None
+    if not path.startswith("/v2/"):  # the router saw it decoded: "/%762/x" is not "/v2/x"
+        raise errors.not_found(path[:200])
     parts = path[len("/v2/"):].split("/")
     if parts[-2:] == ["blobs", "uploads"] or (len(parts) >= 3 and parts[-3:-1] == ["blobs", "uploads"]):
         raise errors.unsupported("this registry is a read-only mirror")
@@ -139,26 +178,41 @@ def _route(request):
 
 def _accept(request):
     """
-    The media types the client accepts, without parameters; empty when it
-    sent no Accept header.
+    The media types the client accepts, without parameters; None when it
+    sent no Accept header (then it takes anything).
     """
-    values = request.requestHeaders.getRawHeaders(b"accept") or []
+    values = request.requestHeaders.getRawHeaders(b"accept")
+    if values is None:
+        return None
     types = []
     for value in values:
         for item in value.decode("latin-1").split(","):
-            media_type = item.split(";")[0].strip().lower()
-            if media_type:
+            media_type, *parameters = item.split(";")
+            media_type = media_type.strip().lower()
+            refused = any(p.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in parameters)
+            if media_type and not refused:
                 types.append(media_type)
     return tuple(types)
 
 
-def _tag_query(query):
+def _pagination(request):
     """
-    Keep only the pagination parameters of a tags/list query; containerd's
-    C{ns} and anything else stay here.
+    The validated pagination parameters of a tags/list request, as a query
+    string for upstream; containerd's C{ns} and anything else stay here.
     """
-    kept = [p for p in query.split("&") if p.split("=")[0] in ("n", "last")]
-    return "&".join(kept)
+    kept = {}
+    n = request.args.get(b"n")
+    if n:
+        if not n[0].isdigit() or len(n[0]) > 6:
+            raise errors.RegistryError(400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested")
+        kept["n"] = int(n[0])
+    last = request.args.get(b"last")
+    if last:
+        try:
+            kept["last"] = parse_tag(last[0].decode("ascii"))
+        except (UnicodeDecodeError, InvalidReference):
+            raise errors.tag_invalid("the last parameter is not a tag") from None
+    return urlencode(kept)
 
 
 def _start(request, content_type):

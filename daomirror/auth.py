@@ -101,10 +101,13 @@ class Authenticator:
 
     @param get: an async function C{get(url, headers) -> (status, body)}
         that fetches a token from a realm.
+    @param secure_realms_only: refuse a plain-http realm (for an https
+        upstream: credentials never travel in clear).
     """
 
-    def __init__(self, get, username=None, password=None, clock=time.monotonic):
+    def __init__(self, get, username=None, password=None, clock=time.monotonic, secure_realms_only=False):
         self._get = get
+        self._secure_realms_only = secure_realms_only
         self._credentials = (username, password) if username is not None else None
         self._clock = clock
         self._tokens = {}
@@ -153,8 +156,9 @@ class Authenticator:
 
     async def _fetch_token(self, challenge, scope):
         realm = challenge.params["realm"]
-        if urlsplit(realm).scheme not in ("http", "https"):
-            raise errors.unavailable("upstream's token realm is not an http(s) URL")
+        scheme = urlsplit(realm).scheme
+        if scheme not in ("http", "https") or (scheme == "http" and self._secure_realms_only):
+            raise errors.unavailable("the upstream's token realm is not an https URL; the mirror will not use it")
         query = {}
         if challenge.params.get("service"):
             query["service"] = challenge.params["service"]

@@ -182,6 +182,8 @@ def _upstream(section):
         raise section.error("url", f"must be an http:// or https:// URL, not {url!r}")
     if parts.query or parts.fragment or parts.path:
         raise section.error("url", "must be scheme://host[:port] with no path, query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise section.error("url", "must not hold credentials; use username and password or password_file")
     try:
         parts.port
     except ValueError:

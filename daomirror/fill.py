@@ -16,6 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from .storage import VerificationFailed
 from .streaming import FileStreamer
@@ -131,7 +132,9 @@ class Fill:
     def _ended(self, reason):
         if self.outcome is not None:
             return  # already failed while receiving
-        if reason.check(ResponseDone):
+        # A body without a length ends with the connection (PotentialDataLoss):
+        # the digest check below is what tells whether it is whole.
+        if reason.check(ResponseDone, PotentialDataLoss):
             try:
                 self._writer.verify(self.size)
             except VerificationFailed as e:

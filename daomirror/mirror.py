@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.defer import DeferredList
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from . import errors, keys
-from .fill import Fill
-from .manifests import digested_bytes
+from .fill import Fill, FillFailed
+from .manifests import NotAManifest, digested_bytes, media_type_of
 from .reference import Digest, InvalidReference, parse_digest, sha256_of
 from .singleflight import SingleFlight
 from .upstream import MANIFEST_TYPES
@@ -64,9 +65,9 @@ class Blob:
 def acceptable(media_type, accept):
     """
     Whether a client whose C{Accept} values are C{accept} takes C{media_type};
-    no C{Accept} header at all takes anything.
+    no C{Accept} header at all (None) takes anything.
     """
-    return not accept or media_type.split(";")[0].strip() in accept or "*/*" in accept
+    return accept is None or media_type.split(";")[0].strip().lower() in accept or "*/*" in accept
 
 
 class Mirror:
@@ -95,11 +96,11 @@ class Mirror:
                 return cached
         fetched = await self._upstream.manifest(name, str(digest), accept or MANIFEST_TYPES)
         media_type = _media_type(fetched)
-        if not digest.matches(digested_bytes(fetched.body, media_type)):
+        if not digest.matches(_digested(fetched.body, media_type)):
             raise errors.unavailable(f"upstream sent a manifest that does not match {digest}")
         manifest = Manifest(fetched.body, media_type, digest)
         await self._store_manifest(name, manifest)
-        return manifest
+        return _acceptable_or_404(manifest, accept)
 
     async def _manifest_by_tag(self, name, tag, accept):
         record = await self._tag_record(name, tag)
@@ -137,7 +138,7 @@ class Mirror:
         manifest = Manifest(fetched.body, media_type, _verified_digest(fetched, media_type))
         await self._store_manifest(name, manifest)
         await self._remember_tag(name, tag, record, manifest)
-        return manifest
+        return _acceptable_or_404(manifest, accept)
 
     async def _tag_record(self, name, tag):
         raw = await self._storage.get(keys.tag(name, tag))
@@ -158,7 +159,10 @@ class Mirror:
             "mediaType": manifest.media_type,
             "fetched": self._clock(),
         }
-        await self._storage.put(keys.tag(name, tag), json.dumps(record).encode())
+        try:
+            await self._storage.put(keys.tag(name, tag), json.dumps(record).encode())
+        except OSError as e:
+            log.warn("could not record tag {name}:{tag}: {why}", name=name, tag=tag, why=e)
 
     async def _stored_manifest(self, digest):
         body = await self._storage.get(keys.manifest(digest))
@@ -170,12 +174,16 @@ class Mirror:
     async def _store_manifest(self, name, manifest):
         """
         Keep a manifest whose digest the caller has verified; the type record
-        goes first, so a manifest is never visible without its type.
+        goes first, so a manifest is never visible without its type. When
+        storage fails the manifest is still served, just not cached.
         """
-        if await self._storage.stat(keys.manifest(manifest.digest)) is None:
-            await self._storage.put(keys.manifest_media_type(manifest.digest), manifest.media_type.encode())
-            await self._storage.put(keys.manifest(manifest.digest), manifest.body)
-        await self._storage.put(keys.manifest_link(name, manifest.digest), b"")
+        try:
+            if await self._storage.stat(keys.manifest(manifest.digest)) is None:
+                await self._storage.put(keys.manifest_media_type(manifest.digest), manifest.media_type.encode())
+                await self._storage.put(keys.manifest(manifest.digest), manifest.body)
+            await self._storage.put(keys.manifest_link(name, manifest.digest), b"")
+        except OSError as e:
+            log.warn("could not cache manifest {digest}: {why}", digest=str(manifest.digest), why=e)
 
     # Blobs
 
@@ -190,13 +198,15 @@ class Mirror:
             key = keys.blob(digest)
             return Blob(digest, size, lambda consumer, start, end: self._storage.produce(key, consumer, start, end))
         running = self._fills.get(digest)
-        if running is not None:
-            await self._confirm(name, digest, running)
-            fill = running.fill
-        else:
-            fill = await self._starting.run(digest, lambda: self._start_fill(name, digest))
+        if running is None:
+            running = await self._starting.run((name, digest), lambda: self._start_fill(name, digest))
+        await self._confirm(name, digest, running)
+        fill = running.fill
         if fill.size is None:
-            await fill.wait_verified()
+            try:
+                await fill.wait_verified()
+            except FillFailed as e:
+                raise errors.unavailable(str(e)) from None
         return Blob(digest, fill.size, fill.attach)
 
     async def blob_size(self, name, digest):
@@ -229,19 +239,32 @@ class Mirror:
             await self._storage.put(keys.blob_link(name, digest), b"")
 
     async def _start_fill(self, name, digest):
+        """
+        Ask upstream for the blob and start filling it. Requests for one
+        blob under two repositories may race here: the second to get its
+        answer drops it and joins the running fill (its own upstream 200
+        confirmed the blob in its repository).
+        """
         response = await self._upstream.blob(name, digest)
+        running = self._fills.get(digest)
+        if running is not None:
+            response.deliverBody(_Dropped())
+            await self._storage.put(keys.blob_link(name, digest), b"")
+            return _RunningFill(name, running.fill)
         size = response.length if isinstance(response.length, int) else None
         writer = self._storage.open_writer(keys.blob(digest), digest)
         fill = Fill(digest, size, writer, self._reactor, self._upstream.idle_timeout)
-        self._fills[digest] = _RunningFill(name, fill)
+        running = self._fills[digest] = _RunningFill(name, fill)
         fill.done.addCallback(self._fill_finished, name, digest)
         fill.start(response)
-        return fill
+        return running
 
     def _fill_finished(self, committed, name, digest):
         del self._fills[digest]
         if committed:
-            return self._storage.put(keys.blob_link(name, digest), b"")
+            linked = self._storage.put(keys.blob_link(name, digest), b"")
+            return linked.addErrback(lambda f: log.warn("could not link {digest} to {name}: {why}",
+                                                        digest=str(digest), name=name, why=f.value))
 
     def close(self):
         """
@@ -258,6 +281,15 @@ class Mirror:
         return await self._upstream.tags(name, query)
 
 
+class _Dropped(Protocol):
+    """
+    Takes a response body nobody needs and closes it.
+    """
+
+    def connectionMade(self):
+        self.transport.stopProducing()
+
+
 def _pick(record, accept):
     """
     A cached representation of a tag that the client accepts, if any.
@@ -268,18 +300,28 @@ def _pick(record, accept):
     return None
 
 
-def _media_type(upstream_manifest):
-    """
-    The upstream's Content-Type as it sent it, or the type named inside the
-    manifest when the upstream sent none.
-    """
-    media_type = upstream_manifest.media_type.strip()
-    if media_type or upstream_manifest.body is None:
-        return media_type
+def _media_type(fetched):
     try:
-        return json.loads(upstream_manifest.body).get("mediaType") or "application/json"
-    except (ValueError, AttributeError):
-        return "application/json"
+        return media_type_of(fetched.media_type, fetched.body)
+    except NotAManifest as e:
+        raise errors.unavailable(f"upstream manifest: {e}") from None
+
+
+def _digested(body, media_type):
+    try:
+        return digested_bytes(body, media_type)
+    except NotAManifest as e:
+        raise errors.unavailable(f"upstream sent something that is not a manifest: {e}") from None
+
+
+def _acceptable_or_404(manifest, accept):
+    """
+    Never answer with a media type the client's Accept excludes, whatever
+    the upstream sent (DESIGN.md, "Manifests and Accept").
+    """
+    if not acceptable(manifest.media_type, accept):
+        raise errors.manifest_not_acceptable(manifest.media_type)
+    return manifest
 
 
 def _verified_digest(fetched, media_type) -> Digest:
@@ -288,7 +330,7 @@ def _verified_digest(fetched, media_type) -> Digest:
     Docker-Content-Digest when it sent one and the bytes match it, else their
     sha256.
     """
-    digested = digested_bytes(fetched.body, media_type)
+    digested = _digested(fetched.body, media_type)
     if fetched.digest:
         try:
             claimed = parse_digest(fetched.digest)

@@ -17,6 +17,7 @@ from twisted.internet.error import ConnectError, ConnectingCancelledError, Timeo
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.http import PotentialDataLoss
 
 from . import errors
 from .auth import Authenticator
@@ -62,7 +63,8 @@ class Upstream:
         self._headers_timeout = headers_timeout
         self.idle_timeout = idle_timeout
         self._origin = _origin(url)
-        self._auth = Authenticator(self._get_token, username, password)
+        self._auth = Authenticator(self._get_token, username, password,
+                                   secure_realms_only=url.startswith("https:"))
 
     async def manifest(self, name, reference, accept, method="GET"):
         """
@@ -108,12 +110,12 @@ class Upstream:
         path = f"/v2/{name}/{rest}"
         scope = f"repository:{name}:pull"
         sent = self._auth.cached(scope)
-        response = await self._send(method, path, headers, sent)
-        if response.code == 401:
-            challenges = response.headers.getRawHeaders("WWW-Authenticate") or []
+        response, at_upstream = await self._send(method, path, headers, sent)
+        if response.code == 401 and at_upstream:  # a CDN's challenge never gets our credentials
+            challenges = _headers(response, "WWW-Authenticate")
             await self._discard(response)
             answer = await self._auth.answer(challenges, scope, rejected=sent)
-            response = await self._send(method, path, headers, answer)
+            response, _ = await self._send(method, path, headers, answer)
             if response.code == 401:
                 await self._discard(response)
                 raise errors.unavailable(f"{method} {path}: upstream refused the mirror's credentials (401)")
@@ -127,20 +129,24 @@ class Upstream:
         sent to a CDN), each relative C{Location} resolved against the URL
         that sent it. C{authorization} goes to the upstream's own origin
         only, never across a redirect to another host.
+
+        @return: the final response, and whether the upstream's own origin
+            sent it.
         """
         url = self.url + path
         for _ in range(MAX_REDIRECTS):
+            at_upstream = _origin(url) == self._origin
             sending = headers
-            if authorization is not None and _origin(url) == self._origin:
+            if authorization is not None and at_upstream:
                 sending = dict(headers, Authorization=[authorization])
             response = await self._fetch(method, url, sending)
             location = _header(response, "Location")
             if response.code not in _REDIRECTS or not location:
-                return response
+                return response, at_upstream
             await self._discard(response)
-            url = urljoin(url, location)
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise errors.unavailable(f"{method} {path}: upstream redirected to a non-HTTP URL")
+            url = _resolve(url, location)
+            if url is None:
+                raise errors.unavailable(f"{method} {path}: upstream redirected to an unusable URL")
         raise errors.unavailable(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
 
     async def _fetch(self, method, url, headers):
@@ -262,10 +268,26 @@ class _SmallBody(Protocol):
             self._idle.cancel()
         if self._done.called:
             return
-        if reason.check(ResponseDone):
+        if reason.check(ResponseDone, PotentialDataLoss):  # a manifest's digest is checked after
             self._done.callback(b"".join(self._chunks))
         else:
             self._done.errback(reason)
+
+
+def _resolve(base, location):
+    """
+    An absolute http(s) URL for a redirect's C{Location}, or None for one we
+    will not follow (another scheme, credentials in it, or malformed).
+    """
+    try:
+        url = urljoin(base, location)
+        parts = urlsplit(url)
+        parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return None
+    return url
 
 
 def _origin(url):
@@ -292,8 +314,16 @@ def _content_length(response):
 
 
 def _header(response, name):
-    values = response.headers.getRawHeaders(name)
+    values = _headers(response, name)
     return values[0] if values else None
+
+
+def _headers(response, name):
+    """
+    Header values as text; latin-1 never fails to decode, whatever an
+    upstream sends.
+    """
+    return [v.decode("latin-1") for v in response.headers.getRawHeaders(name.encode("ascii"), [])]
 
 
 def _timed_out(e):

@@ -38,10 +38,7 @@ class FilesystemStorage:
         Staging files left by a crash were never verified: drop them.
         """
         for name in os.listdir(self._staging):
-            try:
-                os.unlink(os.path.join(self._staging, name))
-            except OSError:
-                pass
+            _unlink_quietly(os.path.join(self._staging, name))
 
     def path(self, key):
         """
@@ -97,11 +94,22 @@ class FilesystemStorage:
 
 
 def _write_and_publish(staging, data, target):
-    with staging:
-        staging.write(data)
-        staging.flush()
-        os.fsync(staging.fileno())
-    _publish(staging.name, target)
+    try:
+        with staging:
+            staging.write(data)
+            staging.flush()
+            os.fsync(staging.fileno())
+        _publish(staging.name, target)
+    except OSError:
+        _unlink_quietly(staging.name)
+        raise
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _publish(staged, target):
@@ -139,10 +147,7 @@ class _FileWriter(VerifyingWriter):
 
     def _discard(self):
         self._file.close()
-        try:
-            os.unlink(self._staged)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(self._staged)
 
     def open_reader(self):
         try:

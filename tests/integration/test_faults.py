@@ -6,6 +6,7 @@ broken body, and nothing unverified reaches storage.
 """
 
 import hashlib
+import json
 import http.client
 import os
 import socket
@@ -134,3 +135,83 @@ def wait_for(check, timeout=10):
     while not (result := check()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return result
+
+
+def chunked(data, *, cut=False):
+    """
+    A blob route that sends no Content-Length: chunked, optionally cut off.
+    """
+
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        for i in range(0, len(data), 65536):
+            piece = data[i:i + 65536]
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if cut and i > len(data) // 2:
+                handler.close_connection = True
+                return
+        handler.wfile.write(b"0\r\n\r\n")
+
+    return route
+
+
+def close_delimited(data):
+    """
+    A blob route in the HTTP/1.0 manner: no length, the end is the close.
+    """
+
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.close_connection = True
+
+    return route
+
+
+@pytest.mark.parametrize("route", [chunked(DATA), close_delimited(DATA)], ids=["chunked", "close-delimited"])
+def test_a_blob_without_a_length_is_verified_then_served(route):
+    with FakeUpstream({PATH: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        status, body = read_blob(mirror)
+        assert status == 200 and body == DATA
+        committed = wait_for(lambda: [f for f in stored_files(mirror.root) if "_staging" not in f])
+        assert len(committed) == 1
+
+
+@pytest.mark.parametrize("route", [chunked(b"X" + DATA[1:]), chunked(DATA, cut=True), close_delimited(DATA[:-1])],
+                         ids=["chunked-wrong", "chunked-cut", "close-delimited-short"])
+def test_a_broken_blob_without_a_length_is_a_502(route):
+    with FakeUpstream({PATH: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        status, headers, body = mirror.request("GET", PATH)
+        assert status == 502 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+        assert stored_files(mirror.root) == []
+        assert "Traceback" not in mirror.log()
+
+
+def test_joining_a_transfer_for_another_repository_needs_upstream_confirmation():
+    """
+    While the upstream is still thinking about private/D, a request for
+    public/D must not ride along: the upstream says public has no such blob.
+    """
+    private, public = f"/v2/library/private/blobs/{DIGEST}", f"/v2/library/public/blobs/{DIGEST}"
+    release = threading.Event()
+
+    def slow_headers(handler):
+        release.wait(30)
+        blob(DATA)(handler)
+
+    with FakeUpstream({private: slow_headers}) as upstream, MirrorProcess(upstream.url) as mirror:
+        first = {}
+        thread = threading.Thread(target=lambda: first.update(answer=read_blob(mirror, private)))
+        thread.start()
+        wait_for(lambda: upstream.count("GET", private))
+        status, _, body = mirror.request("GET", public)
+        assert status == 404 and json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
+        release.set()
+        thread.join(30)
+        assert first["answer"] == (200, DATA)

@@ -194,6 +194,10 @@ BAD_PATHS = [
     ("/v2/" + "a" * 256 + "/manifests/latest", 400, "NAME_INVALID"),
     ("/v2/r/referrers/sha256:" + "a" * 64, 404, "UNSUPPORTED"),
     ("/etc/passwd", 404, "UNSUPPORTED"),
+    ("/v2/%ff/manifests/latest", 400, "NAME_INVALID"),
+    ("/%762/library/r/manifests/latest", 404, "UNSUPPORTED"),
+    ("/v2/r/tags/list?n=abc", 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/r/tags/list?last=%0d%0aX-Evil:%201", 400, "MANIFEST_INVALID"),
 ]
 
 
@@ -211,6 +215,7 @@ def test_bad_input_is_refused_without_asking_upstream(mirror, upstream, path, st
 
 
 @pytest.mark.parametrize("method, path", [
+    ("POST", "/v2/"),
     ("POST", "/v2/r/blobs/uploads/"),
     ("PATCH", "/v2/r/blobs/uploads/0123"),
     ("PUT", "/v2/r/manifests/latest"),

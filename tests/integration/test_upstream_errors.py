@@ -160,3 +160,85 @@ def test_blob_redirects_are_followed_without_leaking_credentials():
             assert status == 200 and body == DATA
             assert len(upstream.requests) + len(cdn.requests) == asked, "the second request is a cache hit"
             assert "s3cret" not in mirror.log() and base64.b64encode(b"bob:s3cret").decode() not in mirror.log()
+
+
+def test_a_challenge_from_a_redirect_target_never_gets_credentials():
+    """
+    Only the upstream's own 401 is answered with the mirror's credentials; a
+    CDN that asks for them (naming a realm elsewhere) gets nothing.
+    """
+    expected = "Basic " + base64.b64encode(b"alice:hunter2").decode()
+    with FakeUpstream({}, host="127.0.0.3") as evil, FakeUpstream({}, host="127.0.0.2") as cdn:
+        cdn.routes[f"/cdn/{DIGEST}"] = answer(
+            401, b"", headers={"WWW-Authenticate": f'Bearer realm="{evil.url}/token",service="x"'})
+
+        def registry(handler):
+            if handler.headers.get("Authorization") != expected:
+                return send(handler, 401, b"", headers={"WWW-Authenticate": 'Basic realm="registry"'})
+            send(handler, 307, b"", headers={"Location": f"{cdn.url}/cdn/{DIGEST}"})
+
+        with FakeUpstream({BLOB: registry}) as upstream, MirrorProcess(
+            upstream.url, upstream_config='username = "alice"\npassword = "hunter2"\n'
+        ) as mirror:
+            status, _, body = mirror.request("GET", BLOB)
+            assert status == 502 and error_of(body)["code"] == "UNAVAILABLE"
+        assert evil.requests == []
+        assert [h.get("Authorization") for h in cdn.headers] == [None]
+
+
+V2 = "application/vnd.docker.distribution.manifest.v2+json"
+GENUINE = json.dumps({"schemaVersion": 2, "mediaType": V2, "config": {}, "layers": []}, indent=3).encode()
+GENUINE_DIGEST = "sha256:" + hashlib.sha256(GENUINE).hexdigest()
+
+
+def forged_schema1():
+    """
+    A signed schema 1 envelope whose protected header claims the genuine v2
+    manifest as its payload, wrapped around different content.
+    """
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    protected = b64(json.dumps({"formatLength": 0, "formatTail": b64(GENUINE)}).encode())
+    return json.dumps({"schemaVersion": 1, "name": "evil", "fsLayers": [{"blobSum": "sha256:" + "e" * 64}],
+                       "signatures": [{"protected": protected, "signature": "x", "header": {}}]}).encode()
+
+
+def test_a_forged_schema1_envelope_does_not_pass_as_another_manifest():
+    path = f"/v2/library/app/manifests/{GENUINE_DIGEST}"
+    route = answer(200, forged_schema1(), "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                   {"Docker-Content-Digest": GENUINE_DIGEST})
+    with FakeUpstream({path: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        status, _, body = mirror.request("GET", path)
+        assert status == 502 and "does not match" in error_of(body)["detail"]
+        assert not os.path.exists(os.path.join(mirror.root, "manifests"))
+
+
+def test_a_media_type_the_client_refuses_is_never_served():
+    oci = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}).encode()
+    route = answer(200, oci, "application/vnd.oci.image.manifest.v1+json")
+    with FakeUpstream({MANIFEST: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        status, _, body = mirror.request("GET", MANIFEST, {"Accept": V2})
+        assert status == 404 and error_of(body)["code"] == "MANIFEST_UNKNOWN"
+        status, headers, body = mirror.request("GET", MANIFEST, {"Accept": f"{V2}, application/vnd.oci.image.manifest.v1+json"})
+        assert status == 200 and body == oci
+        status, _, _ = mirror.request("GET", MANIFEST, {"Accept": "application/vnd.oci.image.manifest.v1+json;q=0"})
+        assert status == 404
+
+
+@pytest.mark.parametrize("content_type, body", [
+    (b"application/\xe9", GENUINE),
+    (b"text/html", b"<html>login here</html>"),
+])
+def test_unusable_upstream_manifests_are_502(content_type, body):
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type.decode("latin-1"))
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with FakeUpstream({MANIFEST: route}) as upstream, MirrorProcess(upstream.url) as mirror:
+        status, _, reply = mirror.request("GET", MANIFEST)
+        assert status == 502 and error_of(reply)["code"] == "UNAVAILABLE"
+        assert "Traceback" not in mirror.log()

@@ -60,6 +60,7 @@ def test_credentials_from_password_file(tmp_path):
     ("[nonsense]\n", "nonsense", "unknown key"),
     ("[upstream]\nurl = 'ftp://x'\n", "upstream.url", "http:// or https://"),
     ("[upstream]\nurl = 'https://x/v2'\n", "upstream.url", "no path"),
+    ("[upstream]\nurl = 'https://user:pw@x'\n", "upstream.url", "must not hold credentials"),
     ("[upstream]\nusername = 'bob'\n", "upstream.password", "missing"),
     ("[upstream]\nusername = 'u'\npassword_file = '/nonexistent/secret'\n", "upstream.password_file", "cannot read"),
     ("[upstream]\nusername = 'u'\npassword = 'p'\npassword_file = '/x'\n", "upstream.password_file", "not both"),
