@@ -19,6 +19,7 @@ DEFAULT_FILESYSTEM_ROOT = "/var/cache/daomirror"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_HEADERS_TIMEOUT = 60.0
 DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_TAG_TTL = 300.0
 
 # The options each storage driver takes: name -> (type, default or REQUIRED).
 REQUIRED = object()
@@ -65,11 +66,17 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    tag_ttl: float = DEFAULT_TAG_TTL  # seconds a tag is served without asking upstream; 0: always ask
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     server: ServerConfig
     upstream: UpstreamConfig
     storage: StorageConfig
+    cache: CacheConfig = CacheConfig()
 
 
 def load(path):
@@ -96,6 +103,7 @@ def parse(raw, path="<config>"):
         server=_server(section.table("server")),
         upstream=_upstream(section.table("upstream")),
         storage=_storage(section.table("storage")),
+        cache=_cache(section.table("cache")),
     )
     section.done()
     return config
@@ -265,6 +273,12 @@ def _read_text(section, name, path):
     if not text.strip():
         raise section.error(name, f"{path} is empty")
     return text
+
+
+def _cache(section):
+    tag_ttl = _duration(section, "tag_ttl", DEFAULT_TAG_TTL)
+    section.done()
+    return CacheConfig(tag_ttl=tag_ttl)
 
 
 def _storage(section):

@@ -4,9 +4,10 @@ and what is filled from upstream into storage.
 
 - Content addressed by digest (blobs, manifests by digest) never changes: once
   stored and known in a repository it is served without asking upstream.
-- A tag is revalidated upstream with a C{HEAD}; only a changed digest costs a
-  C{GET}. When upstream is in trouble a cached tag is served anyway; only an
-  upstream 404 ends its life (DESIGN.md invariant 7).
+- A tag is served from storage for C{[cache] tag_ttl} after it was fetched or
+  revalidated; after that it is revalidated upstream with a C{HEAD}, and only
+  a changed digest costs a C{GET}. When upstream is in trouble a cached tag is
+  served anyway; only an upstream 404 ends its life (DESIGN.md invariant 7).
 - A blob miss starts one L{Fill}; every request for that blob while it runs
   joins it.
 """
@@ -71,29 +72,44 @@ def acceptable(media_type, accept):
 
 
 class Mirror:
-    def __init__(self, storage, upstream, reactor, clock=time.time):
+    def __init__(self, storage, upstream, reactor, tag_ttl=300.0, clock=time.time):
         self._storage = storage
         self._upstream = upstream
         self._reactor = reactor
+        self._tag_ttl = tag_ttl
         self._clock = clock
         self._fills = {}
         self._starting = SingleFlight()
+        self._manifests = SingleFlight()
 
     # Manifests
 
     async def manifest(self, name, reference, accept):
         """
         The manifest for C{reference} (a tag or a L{Digest}) in C{name}.
+        Concurrent requests for the same thing share one upstream request.
         """
         if isinstance(reference, Digest):
-            return await self._manifest_by_digest(name, reference, accept)
-        return await self._manifest_by_tag(name, reference, accept)
-
-    async def _manifest_by_digest(self, name, digest, accept):
-        if await self._storage.stat(keys.manifest_link(name, digest)) is not None:
-            cached = await self._stored_manifest(digest)
+            cached = await self._linked_manifest(name, reference)
             if cached is not None and acceptable(cached.media_type, accept):
                 return cached
+            return await self._manifests.run(
+                (name, reference, accept), lambda: self._fetch_by_digest(name, reference, accept))
+        record = await self._tag_record(name, reference)
+        cached = _pick(record, accept)
+        if cached is not None and self._clock() - cached["fetched"] < self._tag_ttl:
+            manifest = await self._stored_manifest(parse_digest(cached["digest"]))
+            if manifest is not None:
+                return manifest
+        return await self._manifests.run(
+            (name, reference, accept), lambda: self._refresh_tag(name, reference, accept))
+
+    async def _linked_manifest(self, name, digest):
+        if await self._storage.stat(keys.manifest_link(name, digest)) is None:
+            return None
+        return await self._stored_manifest(digest)
+
+    async def _fetch_by_digest(self, name, digest, accept):
         fetched = await self._upstream.manifest(name, str(digest), accept or MANIFEST_TYPES)
         media_type = _media_type(fetched)
         if not digest.matches(_digested(fetched.body, media_type)):
@@ -102,11 +118,15 @@ class Mirror:
         await self._store_manifest(name, manifest)
         return _acceptable_or_404(manifest, accept)
 
-    async def _manifest_by_tag(self, name, tag, accept):
+    async def _refresh_tag(self, name, tag, accept):
+        """
+        Ask upstream what C{tag} is now. When upstream is in trouble a cached
+        representation is served anyway; an upstream 404 ends its life.
+        """
         record = await self._tag_record(name, tag)
         cached = _pick(record, accept)
         try:
-            fresh = await self._revalidate(name, tag, accept, record, cached)
+            return await self._revalidate(name, tag, accept, record, cached)
         except errors.RegistryError as e:
             if e.status == 404:
                 await self._storage.delete(keys.tag(name, tag))
@@ -119,16 +139,15 @@ class Mirror:
             log.warn("serving cached {name}:{tag} because upstream failed: {why}",
                      name=name, tag=tag, why=e.detail or e.message)
             return manifest
-        return fresh
 
     async def _revalidate(self, name, tag, accept, record, cached):
         """
-        Ask upstream what C{tag} is now; reuse the cached manifest when the
-        digest did not change.
+        A C{HEAD} first when something is cached: an unchanged digest costs
+        nothing more (Docker Hub does not count HEADs against its pull limit).
         """
         if cached is not None:
             head = await self._upstream.manifest(name, tag, accept, method="HEAD")
-            if head.digest == cached["digest"] and _media_type(head) == cached["mediaType"]:
+            if head.digest == cached["digest"] and head.media_type.strip() == cached["mediaType"]:
                 manifest = await self._stored_manifest(parse_digest(cached["digest"]))
                 if manifest is not None:
                     await self._remember_tag(name, tag, record, manifest)
@@ -151,9 +170,9 @@ class Mirror:
             return {"representations": {}}
 
     async def _remember_tag(self, name, tag, record, manifest):
-        known = record["representations"].get(manifest.media_type)
-        if known is not None and known["digest"] == str(manifest.digest):
-            return  # unchanged: no write per request
+        """
+        Record what C{tag} is as of now: its freshness window starts again.
+        """
         record["representations"][manifest.media_type] = {
             "digest": str(manifest.digest),
             "mediaType": manifest.media_type,

@@ -90,7 +90,7 @@ def make_service(config, reactor=default_reactor):
     mirror = Mirror(storage, Upstream(
         upstream.url, client.client, reactor, upstream.username, upstream.password,
         headers_timeout=upstream.headers_timeout, idle_timeout=upstream.idle_timeout,
-    ), reactor)
+    ), reactor, tag_ttl=config.cache.tag_ttl)
     MirrorService(mirror).setServiceParent(top)
     site = make_site(mirror)
     for description in config.server.listen:

@@ -101,7 +101,7 @@ def test_a_burst_for_one_repository_asks_the_realm_once(tokens, upstream):
 def test_tokens_are_renewed_when_they_expire(tokens, upstream):
     image = push(tokens, upstream, "library/expiring", extra_layers=[100_000])
     tokens.expires_in = 2
-    with MirrorProcess(upstream.url) as mirror:
+    with MirrorProcess(upstream.url, extra_config="\n[cache]\ntag_ttl = 0\n") as mirror:
         started = time.monotonic()
         pull(mirror, image)
         assert tokens.count() == 1, (time.monotonic() - started, [(r.scopes, r.params) for r in tokens.requests])

@@ -69,7 +69,8 @@ def test_credentials_from_password_file(tmp_path):
     ("[storage.filesystem]\nroot = true\n", "storage.filesystem.root", "must be a string, not true or false"),
     ("[storage.filesystem]\nroots = '/x'\n", "storage.filesystem.roots", "unknown key"),
     ("[storage.floppy]\n", "storage.floppy", "unknown key"),
-    ("[cache]\ntag_ttl = '5m'\n", "cache", "unknown key"),
+    ("[cache]\nmax_size = '5GB'\n", "cache.max_size", "unknown key"),
+    ("[cache]\ntag_ttl = 'soon'\n", "cache.tag_ttl", "is not a duration"),
 ])
 def test_errors_name_file_and_key(tmp_path, text, key, problem):
     path = write(tmp_path, text)
@@ -79,6 +80,12 @@ def test_errors_name_file_and_key(tmp_path, text, key, problem):
     assert problem in e.value.problem
     assert str(e.value).startswith(f"{path}: {key}: ")
     assert "\n" not in str(e.value)
+
+
+def test_tag_ttl(tmp_path):
+    assert config.load(write(tmp_path, "")).cache.tag_ttl == 300
+    assert config.load(write(tmp_path, "[cache]\ntag_ttl = '1h30m'\n")).cache.tag_ttl == 5400
+    assert config.load(write(tmp_path, "[cache]\ntag_ttl = 0\n")).cache.tag_ttl == 0
 
 
 def test_missing_file(tmp_path):
