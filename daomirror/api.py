@@ -8,7 +8,8 @@ OCI error body.
 """
 
 
-from urllib.parse import unquote_to_bytes, urlencode
+import re
+from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
 from klein import Klein
 from twisted.internet.error import ConnectionLost
@@ -19,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import errors
 from .fill import FillFailed
+from .ranges import Unsatisfiable, requested_range
 from .reference import InvalidReference, parse_digest, parse_name, parse_reference, parse_tag
 from .streaming import StreamBroken
 
@@ -74,14 +76,12 @@ class RegistryAPI:
     async def _blob(self, request, name, digest):
         if request.method == b"HEAD":
             size = await self._mirror.blob_size(name, digest)
-            _start(request, b"application/octet-stream")
-            _describe(request, digest, size)
+            _blob_headers(request, digest, size)
             return b""
         blob = await self._mirror.blob(name, digest)
-        _start(request, b"application/octet-stream")
-        _describe(request, digest, blob.size)
+        start, end = _blob_headers(request, digest, blob.size)
         try:
-            await blob.stream(request, 0, blob.size)
+            await blob.stream(request, start, end)
         except ConnectionLost:
             pass  # the client left; nothing to answer
         except (StreamBroken, FillFailed) as e:
@@ -92,6 +92,7 @@ class RegistryAPI:
     async def _tags(self, request, name):
         body, content_type, link = await self._mirror.tags(name, _pagination(request))
         _start(request, content_type.encode("latin-1"))
+        link = _through_the_mirror(link)
         if link:
             request.setHeader(b"Link", link.encode("latin-1"))
         return _sized(request, body)
@@ -215,9 +216,53 @@ def _pagination(request):
     return urlencode(kept)
 
 
+def _through_the_mirror(link):
+    """
+    The upstream's pagination C{Link} pointed back at this mirror: the next
+    page's path and query stay, the upstream's origin goes. A link that is
+    not to a tag list is dropped.
+    """
+    if not link:
+        return None
+    match = re.fullmatch(r'\s*<([^>]*)>(.*)', link)
+    if match is None:
+        return None
+    target = urlsplit(match.group(1))
+    if not re.fullmatch(r"/v2/[a-z0-9._/-]+/tags/list", target.path):
+        return None
+    return f"<{target.path}{'?' + target.query if target.query else ''}>{match.group(2)}"
+
+
 def _start(request, content_type):
     request.setHeader(b"Docker-Distribution-API-Version", API_VERSION)
     request.setHeader(b"Content-Type", content_type)
+
+
+def _blob_headers(request, digest, size):
+    """
+    Headers for a blob or a range of it; returns the range (start, end) to send.
+    """
+    _start(request, b"application/octet-stream")
+    _describe(request, digest, size)
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    etag = f'"{digest}"'
+    header, if_range = request.getHeader(b"range"), request.getHeader(b"if-range")
+    try:
+        wanted = requested_range(_text(header), _text(if_range), etag, size)
+    except Unsatisfiable:
+        raise errors.RegistryError(416, "RANGE_INVALID", "requested range not satisfiable", {"size": size},
+                                   {"Content-Range": f"bytes */{size}"}) from None
+    if wanted is None:
+        return 0, size
+    start, end = wanted
+    request.setResponseCode(206)
+    request.setHeader(b"Content-Range", f"bytes {start}-{end - 1}/{size}".encode("ascii"))
+    request.setHeader(b"Content-Length", str(end - start).encode("ascii"))
+    return start, end
+
+
+def _text(header):
+    return None if header is None else header.decode("latin-1")
 
 
 def _describe(request, digest, size):

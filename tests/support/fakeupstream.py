@@ -19,8 +19,9 @@ class FakeUpstream:
     C{(method, path)} of everything asked.
     """
 
-    def __init__(self, routes=None, host="127.0.0.1"):
+    def __init__(self, routes=None, host="127.0.0.1", fallback=None):
         self.routes = dict(routes or {})
+        self.fallback = fallback  # answers what no route does, e.g. relay(real_registry_url)
         self.requests = []
         self.headers = []  # the request headers, in the order of requests
         fake = self
@@ -47,9 +48,9 @@ class FakeUpstream:
         path = handler.path.split("?")[0]
         self.requests.append((handler.command, path))
         self.headers.append(handler.headers)
-        if path == "/v2/":
+        if path == "/v2/" and self.fallback is None:
             return send(handler, 200, b"{}", "application/json")
-        route = self.routes.get(path)
+        route = self.routes.get(path, self.fallback)
         if route is None:
             body = b'{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}'
             return send(handler, 404, body, "application/json")
@@ -114,5 +115,35 @@ def blob(data, *, claimed_length=None, cut_after=None, hold_after=None, release=
             handler.wfile.write(data[hold_after:])
         else:
             handler.wfile.write(data)
+
+    return route
+
+
+def relay(origin):
+    """
+    A route that passes the request on to a real registry at C{origin} and
+    its answer back, so a test can switch a real upstream into a fault.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    netloc = urlsplit(origin).netloc
+
+    def route(handler):
+        connection = http.client.HTTPConnection(netloc, timeout=60)
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+        connection.request(handler.command, handler.path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        handler.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("connection", "transfer-encoding", "content-length", "date", "server"):
+                handler.send_header(name, value)
+        length = response.getheader("Content-Length") if handler.command == "HEAD" else str(len(body))
+        handler.send_header("Content-Length", length or "0")
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+        connection.close()
 
     return route

@@ -319,8 +319,9 @@ class UpstreamRegistry:
         The registry writes a request's line when its handler returns.  Small
         responses (manifests, HEADs, errors) reach the client only after
         that, but a blob body can be sent (sendfile) just before its line is
-        written: before asserting exact counts, call ``quiesce()``.
+        written, so this first waits for the log to be quiet for a moment.
         """
+        self.quiesce(quiet=0.1)
         try:
             with open(self.log_path, "rb") as f:
                 text = f.read().decode("utf-8", "replace")
