@@ -279,11 +279,17 @@ class Mirror:
         return running
 
     def _fill_finished(self, committed, name, digest):
-        del self._fills[digest]
-        if committed:
-            linked = self._storage.put(keys.blob_link(name, digest), b"")
-            return linked.addErrback(lambda f: log.warn("could not link {digest} to {name}: {why}",
-                                                        digest=str(digest), name=name, why=f.value))
+        """
+        Record the repository the blob was fetched for, then forget the fill
+        (in that order, so that there is no moment when neither says so).
+        """
+        if not committed:
+            del self._fills[digest]
+            return None
+        linked = self._storage.put(keys.blob_link(name, digest), b"")
+        linked.addErrback(lambda f: log.warn("could not link {digest} to {name}: {why}",
+                                             digest=str(digest), name=name, why=f.value))
+        return linked.addCallback(lambda _: self._fills.pop(digest, None))
 
     def close(self):
         """
