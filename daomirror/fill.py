@@ -12,11 +12,13 @@ short or wrong body (DESIGN.md invariants 1 and 8).
 """
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from zope.interface import implementer
 
 from .storage import VerificationFailed
 from .streaming import FileStreamer
@@ -55,6 +57,7 @@ class Fill:
         self.outcome = None  # None while running, then True (verified) or a Failure
         self._protocol = None
         self.done = Deferred()
+        writer.watch(self._wake_readers)
 
     def start(self, response):
         """
@@ -116,33 +119,24 @@ class Fill:
             return written
         return written - 1 if self.size is None or written >= self.size else written
 
-    def _received(self, data):
-        """
-        Store a chunk; False if storage failed and the transfer must stop.
-        """
-        try:
-            self._writer.write(data)
-        except OSError as e:
-            self._fail(Failure(FillFailed(f"{self.digest}: writing to storage failed: {e}")))
-            return False
+    def _wake_readers(self):
         for reader in list(self._readers):
             reader.wake()
-        return True
 
     def _ended(self, reason):
         if self.outcome is not None:
-            return  # already failed while receiving
+            return  # given up already
         # A body without a length ends with the connection (PotentialDataLoss):
-        # the digest check below is what tells whether it is whole.
+        # the digest check is what tells whether it is whole.
         if reason.check(ResponseDone, PotentialDataLoss):
-            try:
-                self._writer.verify(self.size)
-            except VerificationFailed as e:
-                self._fail(Failure(FillFailed(f"{self.digest}: {e}")))
-                return
-            self._succeed()
+            verified = self._writer.verify(self.size)
+            verified.addCallbacks(lambda _: self._succeed(), self._not_verified)
         else:
             self._fail(Failure(FillFailed(f"{self.digest}: upstream body broke off: {reason.getErrorMessage()}")))
+
+    def _not_verified(self, failure):
+        why = failure.getErrorMessage() if failure.check(VerificationFailed) else f"storage failed: {failure.value}"
+        self._fail(Failure(FillFailed(f"{self.digest}: {why}")))
 
     def _succeed(self):
         self.outcome = True
@@ -173,6 +167,7 @@ class Fill:
         self.done.callback(False)
 
 
+@implementer(IPushProducer)
 class _FillProtocol(Protocol):
     """
     Receives the upstream body for a L{Fill}, and gives up on an upstream
@@ -186,18 +181,37 @@ class _FillProtocol(Protocol):
 
     def connectionMade(self):
         self._idle = self._fill._reactor.callLater(self._fill._idle_timeout, self._silent)
+        # The writer pauses the upstream (through us) while the disk is behind.
+        self._fill._writer.registerProducer(self, True)
 
     def dataReceived(self, data):
         if self._fill.outcome is not None:
             return  # failed already; a pause is advisory, so bytes may still come
-        self._idle.reset(self._fill._idle_timeout)
-        if not self._fill._received(data):
+        if self._idle.active():
+            self._idle.reset(self._fill._idle_timeout)
+        self._fill._writer.write(data)
+
+    def pauseProducing(self):
+        """
+        The writer is behind: stop reading upstream. Silence while we are
+        the ones not listening is not the upstream's fault.
+        """
+        if self._idle.active():
             self._idle.cancel()
-            self.transport.stopProducing()
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        if not self._idle.active() and self._fill.outcome is None:
+            self._idle = self._fill._reactor.callLater(self._fill._idle_timeout, self._silent)
+        self.transport.resumeProducing()
+
+    def stopProducing(self):
+        self.transport.stopProducing()
 
     def connectionLost(self, reason):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
+        self._fill._writer.unregisterProducer()
         self._fill._ended(reason)
 
     def _silent(self):

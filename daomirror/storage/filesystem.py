@@ -8,9 +8,12 @@ crash at any point leaves either the whole object or nothing.
 """
 
 import os
+import queue
+import threading
 import uuid
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
@@ -23,7 +26,10 @@ STAGING = "_staging"
 
 @implementer(IStorage)
 class FilesystemStorage:
-    def __init__(self, root):
+    def __init__(self, root, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
         self.root = os.path.abspath(root)
         self._staging = os.path.join(self.root, STAGING)
         os.makedirs(self._staging, exist_ok=True)
@@ -83,7 +89,7 @@ class FilesystemStorage:
         return FileStreamer(open(self.path(key), "rb"), consumer, start, end).start()
 
     def open_writer(self, key, digest):
-        return _FileWriter(self.path(key), self._new_staging_file("wb", buffering=0), digest)
+        return _FileWriter(self._reactor, self.path(key), self._new_staging_file("wb", buffering=0), digest)
 
     def delete(self, key):
         try:
@@ -120,34 +126,131 @@ def _publish(staged, target):
     os.rename(staged, target)
 
 
+# The upstream is paused while more than HIGH_WATER bytes wait for the disk,
+# and resumed when fewer than LOW_WATER do: the memory a transfer holds.
+HIGH_WATER = 16 * 1024 * 1024
+LOW_WATER = 4 * 1024 * 1024
+
+
+class _Command:
+    """
+    An instruction for a writer's thread, with the Deferred that answers it.
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.done = Deferred()
+
+
 @implementer(IWriter)
 class _FileWriter(VerifyingWriter):
     """
-    Writes to a staging file that readers may follow while it grows.
+    Hashes and writes in a thread of its own, so that a slow disk (or the
+    kernel throttling dirty pages) never stalls the reactor, and hashing runs
+    beside it. Readers see bytes once they are in the staging file.
     """
 
-    def __init__(self, target, staging_file, digest):
+    def __init__(self, reactor, target, staging_file, digest):
         super().__init__(digest)
+        self._reactor = reactor
         self._target = target
         self._file = staging_file
         self._staged = staging_file.name
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._handed = 0  # bytes given to the thread (reactor side)
+        self._taken = 0  # bytes the thread has dealt with (updated under the lock)
+        self._stored = 0  # bytes in the staging file (updated under the lock)
+        self._report_pending = False
+        self._error = None
+        self._discarded = False
+        threading.Thread(target=self._run, name=f"write {digest.hex[:12]}", daemon=True).start()
 
     def _append(self, data):
-        view = memoryview(data)
-        while view:
-            view = view[self._file.write(view):]
+        self._handed += len(data)
+        self._queue.put(data)
+        if self._handed - self._taken > HIGH_WATER:
+            self._behind()
+
+    def _finish(self):
+        return self._ask("finish").addCallback(self._stored_or_error)
+
+    def _stored_or_error(self, stored):
+        if self._error is not None:
+            raise self._error
+        return stored
 
     def _publish(self):
-        return deferToThread(self._sync_and_rename)
-
-    def _sync_and_rename(self):
-        os.fsync(self._file.fileno())
-        self._file.close()
-        _publish(self._staged, self._target)
+        return self._ask("publish")
 
     def _discard(self):
-        self._file.close()
+        # Gone from sight at once; the thread drops what is still queued and
+        # closes the file.
+        self._discarded = True
         _unlink_quietly(self._staged)
+        self._queue.put(_Command("discard"))
+
+    def _ask(self, name):
+        command = _Command(name)
+        self._queue.put(command)
+        return command.done
+
+    def _progress(self):
+        """
+        In the reactor: the thread has moved on; tell readers and the producer.
+        """
+        with self._lock:
+            self._report_pending = False
+            taken, stored = self._taken, self._stored
+        if self._handed - taken < LOW_WATER:
+            self._caught_up()
+        self._landed(stored)
+
+    # In the writer's thread:
+
+    def _run(self):
+        hasher = self._digest.hasher()
+        while True:
+            item = self._queue.get()
+            if not isinstance(item, _Command):
+                self._store(hasher, item)
+            elif item.name == "finish":
+                self._reactor.callFromThread(item.done.callback, (hasher.hexdigest(), self._stored))
+            elif item.name == "publish":
+                self._reactor.callFromThread(*self._sync_and_rename(item.done))
+                return
+            else:  # discard
+                self._file.close()
+                return
+
+    def _store(self, hasher, data):
+        stored = 0
+        if self._error is None and not self._discarded:
+            try:
+                hasher.update(data)
+                view = memoryview(data)
+                while view:
+                    view = view[self._file.write(view):]
+                stored = len(data)
+            except OSError as e:
+                self._error = e  # reported by verify; later bytes are only counted
+        with self._lock:
+            self._taken += len(data)
+            self._stored += stored
+            report, self._report_pending = not self._report_pending, True
+        if report:
+            self._reactor.callFromThread(self._progress)
+
+    def _sync_and_rename(self, done):
+        try:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            _publish(self._staged, self._target)
+        except OSError as e:
+            self._file.close()
+            _unlink_quietly(self._staged)
+            return done.errback, Failure(e)
+        return done.callback, None
 
     def open_reader(self):
         try:

@@ -75,21 +75,41 @@ class IStorage(Interface):
 
 class IWriter(Interface):
     """
-    One object being written: invisible until verified and committed.
+    One object being written: invisible until verified and committed. It
+    is a consumer: it may take bytes faster than it stores them, and pauses
+    its registered producer while it is behind.
     """
 
-    bytes_written = Attribute("How many bytes were written so far.")
+    bytes_written = Attribute("How many bytes are stored so far (readable with open_reader).")
+
+    def registerProducer(producer, streaming):
+        """
+        The push producer (the upstream) to pause while storage is behind.
+        """
+
+    def unregisterProducer():
+        """
+        Forget the producer.
+        """
 
     def write(data):
         """
         Append C{data}; hashing happens as the bytes pass.
         """
 
+    def watch(callback):
+        """
+        Call C{callback()} whenever C{bytes_written} grows.
+        """
+
     def verify(size):
         """
-        Stop writing and check the digest, and the length when C{size} is not
-        C{None}. Raise L{VerificationFailed} (and discard everything) if they
-        do not match.
+        Stop writing and, once everything is stored, check the digest, and
+        the length when C{size} is not C{None}.
+
+        @return: a Deferred that fails with L{VerificationFailed} (everything
+            is then discarded) if they do not match, or with the storage's
+            own error if storing failed.
         """
 
     def commit():

@@ -49,10 +49,16 @@ class _MemoryWriter(VerifyingWriter):
         super().__init__(digest)
         self._objects = objects
         self._key = key
+        self._hash = digest.hasher()
         self._buffer = bytearray()
 
     def _append(self, data):
+        self._hash.update(data)
         self._buffer += data
+        self._landed(len(self._buffer))
+
+    def _finish(self):
+        return self._hash.hexdigest(), len(self._buffer)
 
     def _publish(self):
         self._objects[self._key] = bytes(self._buffer)

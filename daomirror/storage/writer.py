@@ -1,7 +1,9 @@
 """
-The part of a writer that every driver shares: hash the bytes as they pass,
-check them once against the expected digest and length, and only then allow
-the driver to publish them (DESIGN.md invariant 1).
+The part of a writer that every driver shares: the states (writing,
+verifying, verified, committing, committed, aborted), one check of the bytes
+against the expected digest and length before anything may be published
+(DESIGN.md invariant 1), progress notifications for readers following the
+writer, and backpressure on the producer that feeds it.
 """
 
 from twisted.internet.defer import maybeDeferred
@@ -11,30 +13,49 @@ from .interfaces import VerificationFailed
 
 class VerifyingWriter:
     """
-    Base for L{IWriter} implementations. A driver supplies C{_append(data)},
-    C{_publish()} (may return a Deferred) and C{_discard()}.
+    Base for L{IWriter} implementations. A driver supplies:
+      - C{_append(data)}: take bytes (it may queue them);
+      - C{_finish()}: once every byte is stored, a Deferred (or value) of
+        C{(hexdigest, length)} of what was stored;
+      - C{_publish()}: make the object visible (may return a Deferred);
+      - C{_discard()}: forget everything.
+    It calls C{_landed(total)} as bytes become readable, and C{_behind()} /
+    C{_caught_up()} to pause and resume the producer.
     """
 
     def __init__(self, digest):
         self._digest = digest
-        self._hash = digest.hasher()
         self._state = "writing"
+        self._producer = None
+        self._paused = False
+        self._watchers = []
         self.bytes_written = 0
+
+    def registerProducer(self, producer, streaming):
+        self._producer = producer
+
+    def unregisterProducer(self):
+        self._producer = None
+
+    def watch(self, callback):
+        self._watchers.append(callback)
 
     def write(self, data):
         self._require("writing")
-        self._hash.update(data)
         self._append(data)
-        self.bytes_written += len(data)
 
     def verify(self, size):
         self._require("writing")
-        actual = self._hash.hexdigest()
-        if actual != self._digest.hex or (size is not None and size != self.bytes_written):
+        self._state = "verifying"
+        return maybeDeferred(self._finish).addCallback(self._check, size)
+
+    def _check(self, stored, size):
+        actual, length = stored
+        if actual != self._digest.hex or (size is not None and size != length):
             self.abort()
             raise VerificationFailed(
                 f"expected {self._digest} ({'any' if size is None else size} bytes), got "
-                f"{self._digest.algorithm}:{actual} ({self.bytes_written} bytes)"
+                f"{self._digest.algorithm}:{actual} ({length} bytes)"
             )
         self._state = "verified"
 
@@ -51,6 +72,21 @@ class VerifyingWriter:
             return
         self._state = "aborted"
         self._discard()
+
+    def _landed(self, total):
+        self.bytes_written = total
+        for callback in self._watchers:
+            callback()
+
+    def _behind(self):
+        if self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _caught_up(self):
+        if self._producer is not None and self._paused:
+            self._paused = False
+            self._producer.resumeProducing()
 
     def _require(self, state):
         if self._state != state:

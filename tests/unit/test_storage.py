@@ -9,6 +9,8 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
@@ -51,7 +53,7 @@ async def test_verified_write_becomes_visible_only_on_commit(storage):
     for i in range(0, len(DATA), 100_000):
         writer.write(DATA[i:i + 100_000])
     assert await storage.stat(KEY) is None
-    writer.verify(len(DATA))
+    await writer.verify(len(DATA))
     assert await storage.stat(KEY) is None
     await writer.commit()
     assert await storage.stat(KEY) == len(DATA)
@@ -65,7 +67,7 @@ async def test_wrong_bytes_are_never_committed(storage, corrupt):
     writer = storage.open_writer(KEY, DIGEST)
     writer.write(data)
     with pytest.raises(VerificationFailed):
-        writer.verify(len(DATA))
+        await writer.verify(len(DATA))
     with pytest.raises(RuntimeError):
         writer.commit()
     assert await storage.stat(KEY) is None
@@ -76,7 +78,7 @@ async def test_wrong_length_is_never_committed(storage):
     writer = storage.open_writer(KEY, DIGEST)
     writer.write(DATA)
     with pytest.raises(VerificationFailed):
-        writer.verify(len(DATA) + 1)
+        await writer.verify(len(DATA) + 1)
     assert await storage.stat(KEY) is None
 
 
@@ -94,10 +96,11 @@ async def test_reader_follows_the_writer_and_outlives_commit(storage):
     writer = storage.open_writer(KEY, DIGEST)
     reader = writer.open_reader()
     writer.write(DATA[:10])
+    await stored(writer, 10)
     assert reader.read(100) == DATA[:10]
     assert reader.read(100) == b""
     writer.write(DATA[10:])
-    writer.verify(len(DATA))
+    await writer.verify(len(DATA))
     await writer.commit()
     assert reader.read(len(DATA)) == DATA[10:]
     reader.close()
@@ -107,7 +110,7 @@ async def test_reader_follows_the_writer_and_outlives_commit(storage):
 async def test_a_reader_opened_after_commit_reads_the_object(storage):
     writer = storage.open_writer(KEY, DIGEST)
     writer.write(DATA)
-    writer.verify(len(DATA))
+    await writer.verify(len(DATA))
     await writer.commit()
     with writer.open_reader() as reader:
         assert reader.read(len(DATA) + 1) == DATA
@@ -118,7 +121,7 @@ async def test_a_reader_opened_after_commit_reads_the_object(storage):
 async def test_produce_writes_the_range_with_a_streaming_producer(storage, start, end):
     writer = storage.open_writer(KEY, DIGEST)
     writer.write(DATA)
-    writer.verify(None)
+    await writer.verify(None)
     await writer.commit()
     consumer = StringTransport()
     done = storage.produce(KEY, consumer, start, end)
@@ -129,6 +132,27 @@ async def test_produce_writes_the_range_with_a_streaming_producer(storage, start
     await done
     assert consumer.value() == DATA[start:end]
     assert consumer.producer is None
+
+
+async def stored(writer, size):
+    """
+    Wait until a writer reports C{size} bytes stored (a driver may store
+    them in the background).
+    """
+    while writer.bytes_written < size:
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_writers_report_progress_to_watchers(storage):
+    writer = storage.open_writer(KEY, DIGEST)
+    seen = []
+    writer.watch(lambda: seen.append(writer.bytes_written))
+    writer.write(DATA[:1000])
+    writer.write(DATA[1000:])
+    await writer.verify(len(DATA))
+    assert seen and seen[-1] == len(DATA) and seen == sorted(seen)
+    writer.abort()
 
 
 def test_filesystem_refuses_keys_that_leave_the_root(tmp_path):
