@@ -4,7 +4,7 @@ wants the blob while it runs.
 
 The upstream body is delivered into L{_FillProtocol}, which hands each chunk
 to the storage writer (which hashes it) and wakes the readers. Each reader is
-a L{FileStreamer} reading the writer's staging file at its own client's pace,
+a streamer reading the writer's staging file at its own client's pace,
 so a slow client slows only itself and the bytes wait on disk, not in memory.
 Readers are never given the last byte before the whole body was verified: a
 broken transfer can only ever end in an aborted connection, never in a clean
@@ -21,7 +21,7 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from .storage import VerificationFailed
-from .streaming import FileStreamer
+from .streaming import stream
 
 BODY_IDLE_TIMEOUT = 60.0
 
@@ -81,9 +81,8 @@ class Fill:
         """
         if isinstance(self.outcome, Failure):
             return self._failed_stream()
-        streamer = FileStreamer(self._writer.open_reader(), consumer, start, end, self._readable)
+        streamer, finished = stream(self._writer.open_reader(), consumer, start, end, self._readable)
         self._readers.add(streamer)
-        finished = streamer.start()
         finished.addBoth(self._detach, streamer)
         return finished
 

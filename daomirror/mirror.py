@@ -247,10 +247,12 @@ class Mirror:
     async def _confirm(self, name, digest, running=None):
         """
         Make sure the blob may be served in C{name}: it was fetched for
-        C{name}, or upstream confirms now (a C{HEAD}) that C{name} has it
-        too. The bytes are stored once; only this link is per repository
-        (DESIGN.md invariant 3).
+        C{name} (by a fill still running, or as its link record says), or
+        upstream confirms now (a C{HEAD}) that C{name} has it too. The bytes
+        are stored once; only this link is per repository (DESIGN.md
+        invariant 3).
         """
+        running = running or self._fills.get(digest)
         if running is not None and running.name == name:
             return
         if await self._storage.stat(keys.blob_link(name, digest)) is None:

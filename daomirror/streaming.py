@@ -1,21 +1,63 @@
 """
 Copy bytes from a file to an HTTP response at the client's pace.
 
-One L{FileStreamer} feeds one consumer (a request) from one open file. It is
-an L{IPushProducer} registered on the consumer, so the client's socket pauses
-and resumes it, and at most one chunk is in flight beyond the transport's own
-buffer whatever the file's size. The file may still be growing while a fill
-downloads into it: C{available} says how much may be read now, and the fill
-calls L{FileStreamer.wake} when that grows.
+L{stream} picks how: on a plain TCP connection the kernel copies the file
+to the socket (C{os.sendfile}, L{SendfileStreamer}); otherwise (TLS) one
+L{FileStreamer} reads chunks and writes them to the request as a push
+producer that the client's socket pauses and resumes. Either way at most
+one chunk is in flight beyond the socket's own buffer, whatever the file's
+size. The file may still be growing while a fill downloads into it:
+C{available} says how much may be read now, and the fill calls C{wake()}
+when that grows.
 """
+
+import os
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.tcp import Server
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 CHUNK_SIZE = 512 * 1024
+SENDFILE_CHUNK = 8 * 1024 * 1024
+
+
+def stream(file, consumer, start, end, available=None):
+    """
+    Start streaming C{file[start:end]} into C{consumer}; returns the
+    streamer (with C{wake()} and C{fail()}) and a Deferred that fires when
+    the range has been written.
+    """
+    transport = _plain_tcp(consumer)
+    if transport is not None and _has_descriptor(file):
+        streamer = SendfileStreamer(file, consumer, transport, start, end, available)
+    else:
+        streamer = FileStreamer(file, consumer, start, end, available)
+    return streamer, streamer.start()
+
+
+def _has_descriptor(file):
+    try:
+        file.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _plain_tcp(consumer):
+    """
+    The TCP transport under an HTTP/1.x request, if sendfile can write to it
+    directly: not TLS, not some other kind of consumer.
+    """
+    channel = getattr(consumer, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if type(transport) is not Server or ISSLTransport.providedBy(transport):
+        return None
+    if getattr(consumer, "chunked", False) or consumer.method == b"HEAD":
+        return None
+    return transport
 
 
 class StreamBroken(Exception):
@@ -119,3 +161,94 @@ class FileStreamer:
             self._consumer.unregisterProducer()
         except (AttributeError, RuntimeError):
             pass
+
+
+class SendfileStreamer:
+    """
+    Stream a file range to a plain TCP socket with C{os.sendfile}: no copy
+    through Python, no per-chunk buffers.
+
+    The response headers go out through Twisted as usual; then, while the
+    body is sent, the transport's C{doWrite} is ours: the reactor calls it
+    whenever the socket can take more, so the client paces the transfer
+    just as it paces a producer. The transport gets its own C{doWrite} back
+    when the range is sent, the client leaves or the source breaks.
+    """
+
+    def __init__(self, file, request, transport, start, end, available=None):
+        self._file = file
+        self._request = request
+        self._transport = transport
+        self._position = start
+        self._end = end
+        self._available = available
+        self._done = Deferred(lambda d: self._close(Failure(ConnectionLost("the client went away"))))
+        self._sending = False
+
+    def start(self):
+        self._request.write(b"")  # the headers, into the transport's buffer
+        self._transport.doWrite = self._do_write
+        self._sending = True
+        self._transport.startWriting()
+        return self._done
+
+    def wake(self):
+        if not self._done.called and not self._sending:
+            self._sending = True
+            self._transport.startWriting()
+
+    def fail(self, reason):
+        self._close(Failure(StreamBroken(reason)))
+
+    def _do_write(self):
+        transport = self._transport
+        if transport.dataBuffer or transport._tempDataBuffer:
+            # The headers first, by Twisted's own means; it stops writing
+            # when its buffer is empty, so ask to be called again.
+            result = type(transport).doWrite(transport)
+            if result is None and not self._done.called:
+                transport.startWriting()
+            return result
+        limit = self._end if self._available is None else min(self._end, self._available())
+        if self._position >= limit:
+            if self._position >= self._end:
+                self._finish()
+            else:  # caught up with a growing file: wait for wake()
+                self._sending = False
+                transport.stopWriting()
+            return None
+        try:
+            sent = os.sendfile(transport.fileno(), self._file.fileno(), self._position,
+                               min(SENDFILE_CHUNK, limit - self._position))
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            self._close(Failure(ConnectionLost(str(e))))
+            return ConnectionLost(str(e))
+        if sent == 0:
+            self.fail("the file ended early")
+            return None
+        self._position += sent
+        self._request.sentLength += sent
+        return None
+
+    def _release(self):
+        """
+        Give the transport its own doWrite back.
+        """
+        self._sending = False
+        if self._transport.__dict__.get("doWrite") is not None:
+            del self._transport.doWrite
+        if not (self._transport.dataBuffer or self._transport._tempDataBuffer):
+            self._transport.stopWriting()
+        self._file.close()
+
+    def _finish(self):
+        self._release()
+        self._done.callback(None)
+
+    def _close(self, failure):
+        if self._done.called:
+            return
+        self._release()
+        self._done.errback(failure)

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from ..streaming import FileStreamer
+from ..streaming import stream
 from .interfaces import IStorage, IWriter
 from .writer import VerifyingWriter
 
@@ -86,7 +86,7 @@ class FilesystemStorage:
             return open(path, mode, **kwargs)
 
     def produce(self, key, consumer, start, end):
-        return FileStreamer(open(self.path(key), "rb"), consumer, start, end).start()
+        return stream(open(self.path(key), "rb"), consumer, start, end)[1]
 
     def open_writer(self, key, digest):
         return _FileWriter(self._reactor, self.path(key), self._new_staging_file("wb", buffering=0), digest)
