@@ -23,10 +23,15 @@ from twisted.logger import Logger
 
 from . import errors, keys
 from .fill import Fill, FillFailed
+from .lru import LRU
 from .manifests import NotAManifest, digested_bytes, media_type_of
 from .reference import Digest, InvalidReference, parse_digest, sha256_of
 from .singleflight import SingleFlight
 from .upstream import MANIFEST_TYPES
+
+MANIFESTS_IN_MEMORY = 512
+MANIFEST_SIZE_IN_MEMORY = 64 * 1024  # larger ones (rare) are read from storage each time
+TAGS_IN_MEMORY = 4096
 
 # Upstream troubles during which a cached tag is still served.
 _STALE_OK_STATUSES = {429, 502, 503, 504}
@@ -81,6 +86,10 @@ class Mirror:
         self._fills = {}
         self._starting = SingleFlight()
         self._manifests = SingleFlight()
+        # Manifests never change under their digest, and this process is
+        # the only writer of tag records: both may be kept in memory.
+        self._manifest_memory = LRU(MANIFESTS_IN_MEMORY)
+        self._tag_memory = LRU(TAGS_IN_MEMORY)
 
     # Manifests
 
@@ -129,6 +138,7 @@ class Mirror:
             return await self._revalidate(name, tag, accept, record, cached)
         except errors.RegistryError as e:
             if e.status == 404:
+                self._tag_memory.discard((name, tag))
                 await self._storage.delete(keys.tag(name, tag))
                 raise
             if cached is None or e.status not in _STALE_OK_STATUSES:
@@ -160,14 +170,22 @@ class Mirror:
         return _acceptable_or_404(manifest, accept)
 
     async def _tag_record(self, name, tag):
+        """
+        What is known of C{tag}; a copy, so that callers may change it.
+        """
+        remembered = self._tag_memory.get((name, tag))
+        if remembered is not None:
+            return json.loads(remembered)
         raw = await self._storage.get(keys.tag(name, tag))
         if raw is None:
             return {"representations": {}}
         try:
-            return json.loads(raw)
+            record = json.loads(raw)
         except ValueError:
             log.warn("ignoring a damaged tag record for {name}:{tag}", name=name, tag=tag)
             return {"representations": {}}
+        self._tag_memory.put((name, tag), raw)
+        return record
 
     async def _remember_tag(self, name, tag, record, manifest):
         """
@@ -178,17 +196,25 @@ class Mirror:
             "mediaType": manifest.media_type,
             "fetched": self._clock(),
         }
+        raw = json.dumps(record).encode()
+        self._tag_memory.put((name, tag), raw)
         try:
-            await self._storage.put(keys.tag(name, tag), json.dumps(record).encode())
+            await self._storage.put(keys.tag(name, tag), raw)
         except OSError as e:
             log.warn("could not record tag {name}:{tag}: {why}", name=name, tag=tag, why=e)
 
     async def _stored_manifest(self, digest):
+        manifest = self._manifest_memory.get(digest)
+        if manifest is not None:
+            return manifest
         body = await self._storage.get(keys.manifest(digest))
         media_type = await self._storage.get(keys.manifest_media_type(digest))
         if body is None or media_type is None:
             return None
-        return Manifest(body, media_type.decode(), digest)
+        manifest = Manifest(body, media_type.decode(), digest)
+        if len(body) <= MANIFEST_SIZE_IN_MEMORY:
+            self._manifest_memory.put(digest, manifest)
+        return manifest
 
     async def _store_manifest(self, name, manifest):
         """

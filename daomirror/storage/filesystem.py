@@ -128,9 +128,9 @@ def _publish(staged, target):
 
 # The upstream is paused while more than HIGH_WATER bytes wait for the disk,
 # and resumed when fewer than LOW_WATER do: the memory a transfer holds.
-HIGH_WATER = 16 * 1024 * 1024
-LOW_WATER = 4 * 1024 * 1024
-BATCH = 4 * 1024 * 1024
+HIGH_WATER = 8 * 1024 * 1024
+LOW_WATER = 2 * 1024 * 1024
+BATCH = 2 * 1024 * 1024
 
 
 class _Command:
