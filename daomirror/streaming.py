@@ -203,6 +203,9 @@ class SendfileStreamer:
         self._sending = False
 
     def start(self):
+        # The headers and the first bytes of the body go in separate writes:
+        # don't let Nagle hold the body back for the client's delayed ACK.
+        self._transport.setTcpNoDelay(True)
         self._request.write(b"")  # the headers, into the transport's buffer
         self._transport.doWrite = self._do_write
         self._sending = True
