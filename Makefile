@@ -25,5 +25,8 @@ test: install
 demo: install
 	$(VENV)/bin/python tools/demo.py
 
+bench: install
+	$(VENV)/bin/python benchmarks/side_by_side.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
