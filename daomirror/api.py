@@ -46,6 +46,27 @@ class RegistryAPI:
         _start(request, JSON)
         return _sized(request, b"{}")
 
+    @app.route("/healthz", methods=_READ_METHODS)
+    def healthz(self, request):
+        """
+        Liveness: the reactor answers.
+        """
+        _start(request, JSON)
+        return _sized(request, b'{"status": "ok"}')
+
+    @app.route("/readyz", methods=_READ_METHODS)
+    def readyz(self, request):
+        """
+        Readiness: storage answers (the upstream is not asked: cached
+        content is served without it).
+        """
+        try:
+            self._mirror.check_storage()
+        except OSError as e:
+            raise errors.RegistryError(503, "UNAVAILABLE", "storage is not usable", str(e)) from None
+        _start(request, JSON)
+        return _sized(request, b'{"status": "ready"}')
+
     @app.route("/v2/", methods=_WRITE_METHODS)
     def version_check_write(self, request):
         raise errors.unsupported("this registry is a read-only mirror")

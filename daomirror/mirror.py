@@ -91,6 +91,12 @@ class Mirror:
         self._manifest_memory = LRU(MANIFESTS_IN_MEMORY)
         self._tag_memory = LRU(TAGS_IN_MEMORY)
 
+    def check_storage(self):
+        """
+        Raise OSError unless storage can be used now.
+        """
+        self._storage.check()
+
     # Manifests
 
     async def manifest(self, name, reference, accept):

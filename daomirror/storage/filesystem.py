@@ -55,6 +55,11 @@ class FilesystemStorage:
             raise ValueError(f"invalid storage key {key!r}")
         return os.path.join(self.root, *parts)
 
+    def check(self):
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"the storage root {self.root} is gone")
+        os.statvfs(self.root)
+
     def stat(self, key):
         try:
             return succeed(os.stat(self.path(key)).st_size)

@@ -24,6 +24,11 @@ class IStorage(Interface):
     A place to keep blobs, manifests and the records about them.
     """
 
+    def check():
+        """
+        Raise L{OSError} unless the storage can be used now (for readiness).
+        """
+
     def stat(key):
         """
         The size in bytes of the object at C{key}, or C{None}.

@@ -21,6 +21,9 @@ class MemoryStorage:
     def from_options(cls, options):
         return cls()
 
+    def check(self):
+        pass
+
     def stat(self, key):
         data = self.objects.get(key)
         return succeed(None if data is None else len(data))

@@ -271,3 +271,22 @@ def test_a_client_without_accept_gets_what_upstream_gives_it(mirror, upstream, i
         unsigned = {k: v for k, v in json.loads(body).items() if k != "signatures"}
         assert unsigned == {k: v for k, v in json.loads(direct_body).items() if k != "signatures"}
         assert json.loads(body)["signatures"], "signed afresh on each request upstream; kept as sent here"
+
+
+def test_health_and_readiness(mirror, upstream):
+    before = len(upstream.entries())
+    for path, status in [("/healthz", "ok"), ("/readyz", "ready")]:
+        code, headers, body = mirror.request("GET", path)
+        assert code == 200 and json.loads(body) == {"status": status}
+    assert len(upstream.entries()) == before, "readiness does not depend on the upstream"
+
+
+def test_not_ready_when_storage_is_unusable(upstream, tmp_path):
+    import shutil
+
+    root = tmp_path / "cache"
+    with MirrorProcess(upstream.url, root=str(root)) as mirror:
+        shutil.rmtree(root)  # someone removed the cache under the running mirror
+        code, _, body = mirror.request("GET", "/readyz")
+        assert code == 503 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+        assert mirror.request("GET", "/healthz")[0] == 200

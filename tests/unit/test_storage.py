@@ -31,7 +31,22 @@ def storage(request, tmp_path):
 
 def test_provides_the_interfaces(storage):
     assert verifyObject(IStorage, storage)
-    assert verifyObject(IWriter, storage.open_writer(KEY, DIGEST))
+    writer = storage.open_writer(KEY, DIGEST)
+    assert verifyObject(IWriter, writer)
+    writer.abort()
+
+
+def test_a_fresh_storage_is_usable(storage):
+    storage.check()
+
+
+def test_filesystem_without_its_root_is_not_usable(tmp_path):
+    import shutil
+
+    storage = FilesystemStorage(str(tmp_path / "root"))
+    shutil.rmtree(tmp_path / "root")
+    with pytest.raises(OSError):
+        storage.check()
 
 
 @pytest_twisted.ensureDeferred
