@@ -40,8 +40,8 @@ class Fill:
 
     @ivar size: the expected length, or None while it is unknown (the
         upstream sent no usable Content-Length).
-    @ivar verified: fires when every byte is in and matches the digest; fails
-        with L{FillFailed} otherwise.
+    @ivar outcome: None while running, then True (every byte is in and
+        matches the digest) or the Failure that ended it.
     @ivar done: fires when the fill is over with True if the blob was
         committed to storage, else False; never fails.
     """
@@ -54,7 +54,7 @@ class Fill:
         self._idle_timeout = idle_timeout
         self._readers = set()
         self._verified_waiters = []
-        self.outcome = None  # None while running, then True (verified) or a Failure
+        self.outcome = None
         self._protocol = None
         self.done = Deferred()
         writer.watch(self._wake_readers)
@@ -144,8 +144,7 @@ class Fill:
         for waiter in self._verified_waiters:
             waiter.callback(None)
         self._verified_waiters = []
-        for reader in list(self._readers):
-            reader.wake()
+        self._wake_readers()  # the held-back last byte may go now
         committed = self._writer.commit()
         committed.addCallbacks(lambda _: True, self._commit_failed)
         committed.addCallback(self.done.callback)
