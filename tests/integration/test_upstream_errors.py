@@ -17,7 +17,7 @@ import pytest
 from tests.support.fakeupstream import FakeUpstream, blob, send
 from tests.support.mirror import MirrorProcess
 
-MANIFEST = f"/v2/library/app/manifests/v1"
+MANIFEST = "/v2/library/app/manifests/v1"
 DATA = os.urandom(300_000)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
 BLOB = f"/v2/library/app/blobs/{DIGEST}"
