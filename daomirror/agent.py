@@ -88,10 +88,11 @@ class UpstreamAgent:
         proxy = proxy_for(url, self._environ)
         if proxy is None:
             return self._direct.request(method, uri, headers, bodyProducer)
-        agent = self._via.get((proxy, urlsplit(url).scheme))
+        scheme = urlsplit(url).scheme
+        agent = self._via.get((proxy, scheme))
         if agent is None:
-            agent = self._via[(proxy, urlsplit(url).scheme)] = self._proxy_agent(proxy, urlsplit(url).scheme)
-        return agent.request(method, uri, _with_proxy_auth(headers, proxy, url), bodyProducer)
+            agent = self._via[(proxy, scheme)] = self._proxy_agent(proxy, scheme)
+        return agent.request(method, uri, _with_proxy_auth(headers, proxy, scheme), bodyProducer)
 
     def _proxy_agent(self, proxy, scheme):
         parts = urlsplit(proxy)
@@ -110,13 +111,13 @@ def _proxy_authorization(proxy):
     return b"Basic " + base64.b64encode(pair)
 
 
-def _with_proxy_auth(headers, proxy, url):
+def _with_proxy_auth(headers, proxy, scheme):
     """
     A forward (plain HTTP) proxy gets its credentials on each request; a
     tunnel gets them on the CONNECT instead.
     """
     authorization = _proxy_authorization(proxy)
-    if authorization is None or urlsplit(url).scheme == "https":
+    if authorization is None or scheme == "https":
         return headers
     headers = headers.copy()
     headers.setRawHeaders(b"Proxy-Authorization", [authorization])

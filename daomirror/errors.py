@@ -41,18 +41,6 @@ def digest_invalid(why):
     return RegistryError(400, "DIGEST_INVALID", "invalid digest", why)
 
 
-def manifest_unknown(reference):
-    return RegistryError(404, "MANIFEST_UNKNOWN", "manifest unknown", {"reference": reference})
-
-
-def blob_unknown(digest):
-    return RegistryError(404, "BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest})
-
-
-def name_unknown(name):
-    return RegistryError(404, "NAME_UNKNOWN", "repository name not known to registry", {"name": name})
-
-
 def unsupported(why):
     return RegistryError(405, "UNSUPPORTED", "the operation is unsupported", why)
 

@@ -11,7 +11,7 @@ broken transfer can only ever end in an aborted connection, never in a clean
 short or wrong body (DESIGN.md invariants 1 and 8).
 """
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -80,7 +80,7 @@ class Fill:
         arrive; the result fires when they are all written.
         """
         if isinstance(self.outcome, Failure):
-            return self._failed_stream()
+            return fail(self.outcome)
         streamer, finished = stream(self._writer.open_reader(), consumer, start, end, self._readable)
         self._readers.add(streamer)
         finished.addBoth(self._detach, streamer)
@@ -94,15 +94,10 @@ class Fill:
         if self.outcome is True:
             return succeed(None)
         if isinstance(self.outcome, Failure):
-            return self._failed_stream()
+            return fail(self.outcome)
         waiter = Deferred()
         self._verified_waiters.append(waiter)
         return waiter
-
-    def _failed_stream(self):
-        d = Deferred()
-        d.errback(self.outcome)
-        return d
 
     def _detach(self, result, streamer):
         self._readers.discard(streamer)

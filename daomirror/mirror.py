@@ -32,9 +32,11 @@ from .upstream import MANIFEST_TYPES
 MANIFESTS_IN_MEMORY = 512
 MANIFEST_SIZE_IN_MEMORY = 64 * 1024  # larger ones (rare) are read from storage each time
 TAGS_IN_MEMORY = 4096
+LINKS_IN_MEMORY = 16384
 
-# Upstream troubles during which a cached tag is still served.
-_STALE_OK_STATUSES = {429, 502, 503, 504}
+# Upstream troubles during which a cached tag is still served: rate limits,
+# unreachable / 5xx / refused credentials / token service down (502), timeouts.
+_STALE_OK_STATUSES = {429, 502, 504}
 
 log = Logger()
 
@@ -90,6 +92,7 @@ class Mirror:
         # the only writer of tag records: both may be kept in memory.
         self._manifest_memory = LRU(MANIFESTS_IN_MEMORY)
         self._tag_memory = LRU(TAGS_IN_MEMORY)
+        self._link_memory = LRU(LINKS_IN_MEMORY)  # (name, digest) known to be linked
 
     def check_storage(self):
         """
@@ -285,11 +288,12 @@ class Mirror:
         invariant 3).
         """
         running = running or self._fills.get(digest)
-        if running is not None and running.name == name:
+        if (running is not None and running.name == name) or self._link_memory.get((name, digest)):
             return
         if await self._storage.stat(keys.blob_link(name, digest)) is None:
             await self._upstream.blob_size(name, digest)  # raises a 404 if name lacks it
             await self._storage.put(keys.blob_link(name, digest), b"")
+        self._link_memory.put((name, digest), True)
 
     async def _start_fill(self, name, digest):
         """

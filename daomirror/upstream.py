@@ -10,6 +10,7 @@ C{Authorization} header when the redirect leaves the upstream's origin.
 """
 
 import json
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -37,16 +38,15 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 5
 
 
+@dataclass(frozen=True)
 class UpstreamManifest:
     """
     A manifest as the upstream sent it (C{body} is None for a HEAD).
     """
 
-    def __init__(self, body, media_type, digest, size):
-        self.body = body
-        self.media_type = media_type
-        self.digest = digest
-        self.size = size
+    body: bytes | None
+    media_type: str
+    digest: str | None
 
 
 class Upstream:
@@ -75,9 +75,9 @@ class Upstream:
         media_type = _header(response, "Content-Type") or ""
         digest = _header(response, "Docker-Content-Digest")
         if method == "HEAD":
-            return UpstreamManifest(None, media_type, digest, _content_length(response))
+            return UpstreamManifest(None, media_type, digest)
         body = await self._read(response, MANIFEST_SIZE_LIMIT, "manifest")
-        return UpstreamManifest(body, media_type, digest, len(body))
+        return UpstreamManifest(body, media_type, digest)
 
     async def blob(self, name, digest):
         """

@@ -121,6 +121,20 @@ def test_a_manifest_body_that_stalls_is_504():
         assert status == 504 and error_of(body)["code"] == "UNAVAILABLE"
 
 
+def basic_auth_then_redirect(authorization, location):
+    """
+    A registry route that wants HTTP Basic credentials and then sends the
+    blob elsewhere with a 307, as Docker Hub sends downloads to its CDN.
+    """
+
+    def route(handler):
+        if handler.headers.get("Authorization") != authorization:
+            return send(handler, 401, b"", headers={"WWW-Authenticate": 'Basic realm="registry"'})
+        send(handler, 307, b"", headers={"Location": location})
+
+    return route
+
+
 def test_blob_redirects_are_followed_without_leaking_credentials():
     """
     The upstream wants Basic credentials and sends the blob to a CDN on
@@ -143,11 +157,7 @@ def test_blob_redirects_are_followed_without_leaking_credentials():
         cdn.routes[f"/cdn/{DIGEST}"] = cdn_first
         cdn.routes[f"/final/{DIGEST}"] = cdn_final
 
-        def registry(handler):
-            if handler.headers.get("Authorization") != expected:
-                return send(handler, 401, b"", headers={"WWW-Authenticate": 'Basic realm="registry"'})
-            send(handler, 307, b"", headers={"Location": f"{cdn.url}/cdn/{DIGEST}?expires=1"})
-
+        registry = basic_auth_then_redirect(expected, f"{cdn.url}/cdn/{DIGEST}?expires=1")
         with FakeUpstream({BLOB: registry}) as upstream, MirrorProcess(
             upstream.url, upstream_config='username = "bob"\npassword = "s3cret"\n'
         ) as mirror:
@@ -172,11 +182,7 @@ def test_a_challenge_from_a_redirect_target_never_gets_credentials():
         cdn.routes[f"/cdn/{DIGEST}"] = answer(
             401, b"", headers={"WWW-Authenticate": f'Bearer realm="{evil.url}/token",service="x"'})
 
-        def registry(handler):
-            if handler.headers.get("Authorization") != expected:
-                return send(handler, 401, b"", headers={"WWW-Authenticate": 'Basic realm="registry"'})
-            send(handler, 307, b"", headers={"Location": f"{cdn.url}/cdn/{DIGEST}"})
-
+        registry = basic_auth_then_redirect(expected, f"{cdn.url}/cdn/{DIGEST}")
         with FakeUpstream({BLOB: registry}) as upstream, MirrorProcess(
             upstream.url, upstream_config='username = "alice"\npassword = "hunter2"\n'
         ) as mirror:
