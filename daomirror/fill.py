@@ -4,12 +4,16 @@ wants the blob while it runs.
 
 The upstream body is delivered into L{_FillProtocol}, which hands each chunk
 to the storage writer (which hashes it) and wakes the readers. Each reader is
-a streamer reading the writer's staging file at its own client's pace,
-so a slow client slows only itself and the bytes wait on disk, not in memory.
-Readers are never given the last byte before the whole body was verified: a
-broken transfer can only ever end in an aborted connection, never in a clean
-short or wrong body (DESIGN.md invariants 1 and 8).
+a streamer going at its own client's pace: clients keeping up with the
+upstream are sent the newest bytes from memory (L{RecentBytes}), so the disk
+never sets their speed; one that falls behind reads the writer's staging
+file, so a slow client slows only itself and its bytes wait on disk, not in
+memory. Readers are never given the last byte before the whole body was
+verified: a broken transfer can only ever end in an aborted connection,
+never in a clean short or wrong body (DESIGN.md invariants 1 and 8).
 """
+
+from bisect import bisect_right
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -21,9 +25,13 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from .storage import VerificationFailed
-from .streaming import stream
+from .streaming import IGrowing, stream
 
 BODY_IDLE_TIMEOUT = 60.0
+
+# Bytes the writer has stored stay in memory this much longer, for clients
+# a little behind the newest bytes (a socket buffer's worth, say).
+KEEP_BEHIND = 4 * 1024 * 1024
 
 log = Logger()
 
@@ -34,6 +42,7 @@ class FillFailed(Exception):
     """
 
 
+@implementer(IGrowing)
 class Fill:
     """
     Bytes of C{digest} flowing from an upstream response into C{writer}.
@@ -53,11 +62,12 @@ class Fill:
         self._reactor = reactor
         self._idle_timeout = idle_timeout
         self._readers = set()
+        self._recent = RecentBytes()
         self._verified_waiters = []
         self.outcome = None
         self._protocol = None
         self.done = Deferred()
-        writer.watch(self._wake_readers)
+        writer.watch(self._stored)
 
     def start(self, response):
         """
@@ -81,7 +91,7 @@ class Fill:
         """
         if isinstance(self.outcome, Failure):
             return fail(self.outcome)
-        streamer, finished = stream(self._writer.open_reader(), consumer, start, end, self._readable)
+        streamer, finished = stream(self._writer.open_reader(), consumer, start, end, self)
         self._readers.add(streamer)
         finished.addBoth(self._detach, streamer)
         return finished
@@ -103,15 +113,30 @@ class Fill:
         self._readers.discard(streamer)
         return result
 
-    def _readable(self):
+    def readable(self):
         """
         How far readers may go: all of it once verified, else all but the
         last byte (which is held back until the digest has been checked).
         """
-        written = self._writer.bytes_written
+        received = self._recent.end
         if self.outcome is True:
-            return written
-        return written - 1 if self.size is None or written >= self.size else written
+            return received
+        return received - 1 if self.size is None or received >= self.size else received
+
+    def in_memory(self, position, limit):
+        return self._recent.get(position, limit)
+
+    def in_file(self):
+        return self._writer.bytes_written
+
+    def _received(self, data):
+        self._recent.add(data)
+        self._writer.write(data)
+        self._wake_readers()
+
+    def _stored(self):
+        self._recent.forget_before(self._writer.bytes_written - KEEP_BEHIND)
+        self._wake_readers()
 
     def _wake_readers(self):
         for reader in list(self._readers):
@@ -135,7 +160,8 @@ class Fill:
     def _succeed(self):
         self.outcome = True
         if self.size is None:
-            self.size = self._writer.bytes_written
+            self.size = self._recent.end
+        self._recent.forget_before(self.size)  # every byte is in the file now
         for waiter in self._verified_waiters:
             waiter.callback(None)
         self._verified_waiters = []
@@ -151,6 +177,7 @@ class Fill:
     def _fail(self, failure):
         log.warn("fill of {digest} failed: {why}", digest=str(self.digest), why=failure.getErrorMessage())
         self.outcome = failure
+        self._recent.forget_before(self._recent.end)
         self._writer.abort()
         for waiter in self._verified_waiters:
             waiter.errback(failure)
@@ -183,7 +210,7 @@ class _FillProtocol(Protocol):
             return  # failed already; a pause is advisory, so bytes may still come
         if self._idle.active():
             self._idle.reset(self._fill._idle_timeout)
-        self._fill._writer.write(data)
+        self._fill._received(data)
 
     def pauseProducing(self):
         """
@@ -227,3 +254,49 @@ def _read_in_bigger_pieces(transport):
     connection = getattr(transport, "_producer", None)
     if isinstance(getattr(connection, "bufferSize", None), int):
         connection.bufferSize = RECEIVE_SIZE
+
+
+class RecentBytes:
+    """
+    The newest bytes of a transfer, held in memory as they arrived until
+    told to forget them.
+
+    @ivar start: the offset of the first byte still held.
+    @ivar end: how many bytes have arrived in all.
+    """
+
+    def __init__(self):
+        self._offsets = []
+        self._chunks = []
+        self.start = 0
+        self.end = 0
+
+    def add(self, data):
+        self._offsets.append(self.end)
+        self._chunks.append(data)
+        self.end += len(data)
+
+    def forget_before(self, offset):
+        """
+        Let go of the chunks that end at or before C{offset}.
+        """
+        drop = 0
+        while drop < len(self._chunks) and self._offsets[drop] + len(self._chunks[drop]) <= offset:
+            drop += 1
+        if drop:
+            del self._offsets[:drop], self._chunks[:drop]
+            self.start = self._offsets[0] if self._offsets else self.end
+
+    def get(self, position, limit):
+        """
+        The held bytes from C{position} on, up to one chunk and not past
+        C{limit}; None if they are not held.
+        """
+        if not self.start <= position < min(limit, self.end):
+            return None
+        index = bisect_right(self._offsets, position) - 1
+        offset, chunk = self._offsets[index], self._chunks[index]
+        stop = min(len(chunk), limit - offset)
+        if position == offset and stop == len(chunk):
+            return chunk
+        return memoryview(chunk)[position - offset:stop]

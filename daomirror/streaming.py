@@ -6,9 +6,9 @@ to the socket (C{os.sendfile}, L{SendfileStreamer}); otherwise (TLS) one
 L{FileStreamer} reads chunks and writes them to the request as a push
 producer that the client's socket pauses and resumes. Either way at most
 one chunk is in flight beyond the socket's own buffer, whatever the file's
-size. The file may still be growing while a fill downloads into it:
-C{available} says how much may be read now, and the fill calls C{wake()}
-when that grows.
+size. The file may still be growing while a fill downloads into it: then
+a L{Growing} source says how much may be read now and hands out the newest
+bytes from memory, and the fill calls C{wake()} when there is more.
 """
 
 import os
@@ -18,28 +18,70 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.tcp import Server
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 CHUNK_SIZE = 512 * 1024
 SMALL = 256 * 1024
 SENDFILE_CHUNK = 8 * 1024 * 1024
 
 
-def stream(file, consumer, start, end, available=None):
+class IGrowing(Interface):
+    """
+    A blob still arriving: part of it is in the file, the newest part only
+    in memory.
+    """
+
+    def readable():
+        """
+        How many bytes from the start of the blob a reader may have now.
+        """
+
+    def in_memory(position, limit):
+        """
+        The bytes from C{position} on (not past C{limit}) if they are still
+        held in memory, as C{bytes} or a C{memoryview}; else None.
+        """
+
+    def in_file():
+        """
+        How many bytes from the start of the blob are in the file.
+        """
+
+
+def stream(file, consumer, start, end, growing=None):
     """
     Start streaming C{file[start:end]} into C{consumer}; returns the
     streamer (with C{wake()} and C{fail()}; None when a small, complete range
     was written at once) and a Deferred that fires when the range has been
     written.
+
+    @param growing: an L{IGrowing} when the blob is still arriving.
     """
-    if available is None and end - start <= SMALL:
+    if growing is None and end - start <= SMALL:
         return None, _write_whole(file, consumer, start, end)
     transport = _plain_tcp(consumer)
     if transport is not None and _has_descriptor(file):
-        streamer = SendfileStreamer(file, consumer, transport, start, end, available)
+        streamer = SendfileStreamer(file, consumer, transport, start, end, growing)
     else:
-        streamer = FileStreamer(file, consumer, start, end, available)
+        streamer = FileStreamer(file, consumer, start, end, growing)
     return streamer, streamer.start()
+
+
+def _next_piece(growing, position, end):
+    """
+    Where the bytes at C{position} come from now: C{(data, limit)} with the
+    bytes themselves if they are in memory, else C{(None, limit)} with how
+    far the file may be read. C{limit <= position} means none are there yet.
+    """
+    if growing is None:
+        return None, end
+    limit = min(end, growing.readable())
+    if position >= limit:
+        return None, limit
+    data = growing.in_memory(position, limit)
+    if data is not None:
+        return data, limit
+    return None, min(limit, growing.in_file())
 
 
 def _write_whole(file, consumer, start, end):
@@ -88,21 +130,20 @@ class FileStreamer:
     """
     Stream C{file[start:end]} into C{consumer}.
 
-    @param available: returns how many bytes of the file may be read now;
-        C{None} means all of them are there already.
+    @param growing: an L{IGrowing} while the blob is still arriving; None
+        when the file is complete.
     """
 
-    def __init__(self, file, consumer, start, end, available=None, chunk_size=CHUNK_SIZE):
+    def __init__(self, file, consumer, start, end, growing=None, chunk_size=CHUNK_SIZE):
         self._file = file
         self._consumer = consumer
         self._position = start
         self._end = end
-        self._available = available
+        self._growing = growing
         self._chunk_size = chunk_size
         self._paused = False
         self._pumping = False
         self._done = Deferred(lambda d: self.stopProducing())
-        self._file.seek(start)
 
     def start(self):
         """
@@ -141,17 +182,20 @@ class FileStreamer:
         self._pumping = True
         try:
             while not self._paused and not self._done.called:
-                limit = self._end if self._available is None else min(self._end, self._available())
-                if self._position >= limit:
-                    if self._position >= self._end:
-                        self._finish()
+                if self._position >= self._end:
+                    self._finish()
                     return
-                data = self._file.read(min(self._chunk_size, limit - self._position))
-                if not data:
-                    self.fail("the file ended early")
-                    return
+                data, limit = _next_piece(self._growing, self._position, self._end)
+                if data is None:
+                    if self._position >= limit:
+                        return  # wait for wake()
+                    self._file.seek(self._position)
+                    data = self._file.read(min(self._chunk_size, limit - self._position))
+                    if not data:
+                        self.fail("the file ended early")
+                        return
                 self._position += len(data)
-                self._consumer.write(data)
+                self._consumer.write(bytes(data))
         except OSError as e:
             self.fail(f"reading failed: {e}")
         finally:
@@ -183,7 +227,8 @@ class FileStreamer:
 class SendfileStreamer:
     """
     Stream a file range to a plain TCP socket with C{os.sendfile}: no copy
-    through Python, no per-chunk buffers.
+    through Python, no per-chunk buffers. Bytes of a growing blob that are
+    still in memory go straight to the socket with C{send}.
 
     The response headers go out through Twisted as usual; then, while the
     body is sent, the transport's C{doWrite} is ours: the reactor calls it
@@ -192,13 +237,13 @@ class SendfileStreamer:
     when the range is sent, the client leaves or the source breaks.
     """
 
-    def __init__(self, file, request, transport, start, end, available=None):
+    def __init__(self, file, request, transport, start, end, growing=None):
         self._file = file
         self._request = request
         self._transport = transport
         self._position = start
         self._end = end
-        self._available = available
+        self._growing = growing
         self._done = Deferred(lambda d: self._close(Failure(ConnectionLost("the client went away"))))
         self._sending = False
 
@@ -229,17 +274,21 @@ class SendfileStreamer:
             if result is None and not self._done.called:
                 transport.startWriting()
             return result
-        limit = self._end if self._available is None else min(self._end, self._available())
-        if self._position >= limit:
-            if self._position >= self._end:
-                self._finish()
-            else:  # caught up with a growing file: wait for wake()
-                self._sending = False
-                transport.stopWriting()
+        if self._position >= self._end:
+            self._finish()
+            return None
+        data, limit = _next_piece(self._growing, self._position, self._end)
+        if data is None and self._position >= limit:
+            # caught up with a growing blob: wait for wake()
+            self._sending = False
+            transport.stopWriting()
             return None
         try:
-            sent = os.sendfile(transport.fileno(), self._file.fileno(), self._position,
-                               min(SENDFILE_CHUNK, limit - self._position))
+            if data is not None:
+                sent = transport.socket.send(data)
+            else:
+                sent = os.sendfile(transport.fileno(), self._file.fileno(), self._position,
+                                   min(SENDFILE_CHUNK, limit - self._position))
         except BlockingIOError:
             return None
         except OSError as e:

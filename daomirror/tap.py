@@ -10,6 +10,7 @@ import sys
 from twisted.python import usage
 
 from . import config as configuration
+from .allocator import reuse_freed_memory
 from .service import make_service
 
 DEFAULT_CONFIG = "/etc/daomirror/daomirror.toml"
@@ -24,7 +25,9 @@ class Options(usage.Options):
 def makeService(options):
     try:
         config = configuration.load(options["config"])
-        return make_service(config)
+        service = make_service(config)
     except configuration.ConfigError as e:
         sys.stderr.write(f"daomirror: {e}\n")
         raise SystemExit(1)
+    reuse_freed_memory()
+    return service

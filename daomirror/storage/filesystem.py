@@ -9,6 +9,7 @@ crash at any point leaves either the whole object or nothing.
 
 import os
 import queue
+from concurrent.futures import ThreadPoolExecutor
 import threading
 import uuid
 
@@ -18,6 +19,7 @@ from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from ..streaming import stream
+from .appendfile import AppendFile
 from .interfaces import IStorage, IWriter
 from .writer import VerifyingWriter
 
@@ -75,26 +77,26 @@ class FilesystemStorage:
 
     def put(self, key, data):
         target = self.path(key)
-        staging = self._new_staging_file("wb")
+        staging = self._new_staging_file()
         return deferToThread(_write_and_publish, staging, data, target)
 
-    def _new_staging_file(self, mode, **kwargs):
+    def _new_staging_file(self, opener=lambda path: open(path, "wb")):
         """
         A fresh staging file; the staging folder is made again if someone
         removed it under a running mirror.
         """
         path = os.path.join(self._staging, uuid.uuid4().hex)
         try:
-            return open(path, mode, **kwargs)
+            return opener(path)
         except FileNotFoundError:
             os.makedirs(self._staging, exist_ok=True)
-            return open(path, mode, **kwargs)
+            return opener(path)
 
     def produce(self, key, consumer, start, end):
         return stream(open(self.path(key), "rb"), consumer, start, end)[1]
 
     def open_writer(self, key, digest):
-        return _FileWriter(self._reactor, self.path(key), self._new_staging_file("wb", buffering=0), digest)
+        return _FileWriter(self._reactor, self.path(key), self._new_staging_file(AppendFile), digest)
 
     def delete(self, key):
         try:
@@ -151,9 +153,11 @@ class _Command:
 @implementer(IWriter)
 class _FileWriter(VerifyingWriter):
     """
-    Hashes and writes in a thread of its own, so that a slow disk (or the
-    kernel throttling dirty pages) never stalls the reactor, and hashing runs
-    beside it. Readers see bytes once they are in the staging file.
+    Hashes and writes in threads of its own, so that a slow disk never
+    stalls the reactor: one thread takes batches off the queue and hashes
+    each while a second writes it (both let go of the GIL), so a batch costs
+    the longer of the two, not their sum. Readers see bytes once they are in
+    the staging file (an L{AppendFile}).
     """
 
     def __init__(self, reactor, target, staging_file, digest):
@@ -168,8 +172,9 @@ class _FileWriter(VerifyingWriter):
         self._taken = 0  # bytes the thread has dealt with (updated under the lock)
         self._stored = 0  # bytes in the staging file (updated under the lock)
         self._report_pending = False
-        self._error = None
+        self._error = None  # the first OSError met storing, reported by verify
         self._discarded = False
+        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"store {digest.hex[:12]}")
         threading.Thread(target=self._run, name=f"write {digest.hex[:12]}", daemon=True).start()
 
     def _append(self, data):
@@ -224,11 +229,14 @@ class _FileWriter(VerifyingWriter):
                 chunks, waiting = self._more(item)
                 self._store(hasher, chunks[0] if len(chunks) == 1 else b"".join(chunks))
             elif item.name == "finish":
+                self._flush()
                 self._reactor.callFromThread(item.done.callback, (hasher.hexdigest(), self._stored))
             elif item.name == "publish":
+                self._io.shutdown()
                 self._reactor.callFromThread(*self._sync_and_rename(item.done))
                 return
             else:  # discard
+                self._io.shutdown()
                 self._file.close()
                 return
 
@@ -252,19 +260,30 @@ class _FileWriter(VerifyingWriter):
         return chunks, None
 
     def _store(self, hasher, data):
-        stored = 0
         if self._error is None and not self._discarded:
+            writing = self._io.submit(self._file.append, data)
+            hasher.update(data)
             try:
-                hasher.update(data)
-                view = memoryview(data)
-                while view:
-                    view = view[self._file.write(view):]
-                stored = len(data)
+                writing.result()
             except OSError as e:
                 self._error = e  # reported by verify; later bytes are only counted
+        self._account(len(data))
+
+    def _flush(self):
+        """
+        The last partial block into the file, before the length is reported.
+        """
+        if self._error is None:
+            try:
+                self._file.flush()
+            except OSError as e:
+                self._error = e
+        self._account(0)
+
+    def _account(self, taken):
         with self._lock:
-            self._taken += len(data)
-            self._stored += stored
+            self._taken += taken
+            self._stored = self._file.size
             report, self._report_pending = not self._report_pending, True
         if report:
             self._reactor.callFromThread(self._progress)

@@ -85,7 +85,10 @@ class IWriter(Interface):
     its registered producer while it is behind.
     """
 
-    bytes_written = Attribute("How many bytes are stored so far (readable with open_reader).")
+    bytes_written = Attribute(
+        "How many bytes are stored so far (readable with open_reader). A driver "
+        "may keep a last partial block (under 4 KiB) back until verify()."
+    )
 
     def registerProducer(producer, streaming):
         """

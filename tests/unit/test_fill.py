@@ -13,7 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 
-from daomirror.fill import Fill, FillFailed
+from daomirror import fill as fill_module
+from daomirror.fill import Fill, FillFailed, RecentBytes
 from daomirror.reference import Digest
 from daomirror.storage.memory import MemoryStorage
 from daomirror.streaming import StreamBroken
@@ -41,10 +42,11 @@ class FakeResponse:
         self.protocol.connectionLost(Failure(reason or ResponseDone()))
 
 
-def start_fill(size=len(DATA), clock=None):
+def start_fill(size=len(DATA), clock=None, writer=None):
     storage = MemoryStorage()
     clock = clock or Clock()
-    fill = Fill(DIGEST, size, storage.open_writer("blobs/x", DIGEST), clock, idle_timeout=30)
+    writer = writer or storage.open_writer("blobs/x", DIGEST)
+    fill = Fill(DIGEST, size, writer, clock, idle_timeout=30)
     response = FakeResponse()
     fill.start(response)
     return storage, fill, response, clock
@@ -162,3 +164,42 @@ def test_unknown_length_is_verified_before_readers_start():
     assert not waited.called
     response.end()
     assert waited.called and fill.size == len(DATA)
+
+
+def test_readers_at_the_head_are_not_held_back_by_the_disk():
+    writer = MemoryStorage().open_writer("blobs/x", DIGEST)
+    writer._landed = lambda total: None  # a disk that has stored nothing yet
+    _, fill, response, _ = start_fill(writer=writer)
+    client = StringTransport()
+    fill.attach(client, 0, len(DATA))
+    response.send(DATA[:500_000])
+    response.send(DATA[500_000:600_000])
+    assert writer.bytes_written == 0
+    assert drain(client) == DATA[:600_000], "sent from memory"
+
+
+def test_bytes_stored_long_enough_ago_are_let_go_and_read_from_the_file(monkeypatch):
+    monkeypatch.setattr(fill_module, "KEEP_BEHIND", 200_000)
+    _, fill, response, _ = start_fill()
+    for offset in range(0, 600_000, 100_000):
+        response.send(DATA[offset:offset + 100_000])
+    assert fill.in_memory(0, len(DATA)) is None
+    assert bytes(fill.in_memory(400_000, len(DATA))) == DATA[400_000:500_000]
+    late = StringTransport()
+    fill.attach(late, 0, len(DATA))
+    assert drain(late) == DATA[:600_000]
+
+
+def test_recent_bytes_hand_out_whole_chunks_as_they_are_and_parts_as_views():
+    recent = RecentBytes()
+    first, second = b"a" * 10, b"b" * 10
+    recent.add(first)
+    recent.add(second)
+    assert recent.get(10, 20) is second
+    assert bytes(recent.get(5, 20)) == b"a" * 5
+    assert bytes(recent.get(12, 15)) == b"b" * 3
+    assert recent.get(20, 30) is None, "not arrived yet"
+    recent.forget_before(15)
+    assert recent.start == 10 and recent.get(9, 20) is None, "the chunk ending at 10 is gone"
+    recent.forget_before(20)
+    assert recent.start == recent.end == 20 and recent.get(15, 20) is None
