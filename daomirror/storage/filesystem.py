@@ -227,7 +227,7 @@ class _FileWriter(VerifyingWriter):
             waiting = None
             if not isinstance(item, _Command):
                 chunks, waiting = self._more(item)
-                self._store(hasher, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                self._store(hasher, chunks)
             elif item.name == "finish":
                 self._flush()
                 self._reactor.callFromThread(item.done.callback, (hasher.hexdigest(), self._stored))
@@ -242,10 +242,9 @@ class _FileWriter(VerifyingWriter):
 
     def _more(self, first):
         """
-        What is queued behind C{first}, up to BATCH bytes: one hash update and
-        one write per batch, rather than per network chunk, so the thread
-        takes the GIL back far less often. Returns the chunks and the command
-        met on the way, if any.
+        What is queued behind C{first}, up to BATCH bytes: the two threads
+        meet once per batch, rather than per network chunk. Returns the
+        chunks and the command met on the way, if any.
         """
         chunks, size = [first], len(first)
         while size < BATCH:
@@ -259,15 +258,20 @@ class _FileWriter(VerifyingWriter):
             size += len(item)
         return chunks, None
 
-    def _store(self, hasher, data):
+    def _store(self, hasher, chunks):
         if self._error is None and not self._discarded:
-            writing = self._io.submit(self._file.append, data)
-            hasher.update(data)
+            writing = self._io.submit(self._write_chunks, chunks)
+            for chunk in chunks:
+                hasher.update(chunk)
             try:
                 writing.result()
             except OSError as e:
                 self._error = e  # reported by verify; later bytes are only counted
-        self._account(len(data))
+        self._account(sum(map(len, chunks)))
+
+    def _write_chunks(self, chunks):
+        for chunk in chunks:
+            self._file.append(chunk)
 
     def _flush(self):
         """
