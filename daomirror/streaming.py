@@ -7,7 +7,7 @@ L{FileStreamer} reads chunks and writes them to the request as a push
 producer that the client's socket pauses and resumes. Either way at most
 one chunk is in flight beyond the socket's own buffer, whatever the file's
 size. The file may still be growing while a fill downloads into it: then
-a L{Growing} source says how much may be read now and hands out the newest
+an L{IGrowing} source says how much may be read now and hands out the newest
 bytes from memory, and the fill calls C{wake()} when there is more.
 """
 

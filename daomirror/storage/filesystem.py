@@ -9,9 +9,9 @@ crash at any point leaves either the whole object or nothing.
 
 import os
 import queue
-from concurrent.futures import ThreadPoolExecutor
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
