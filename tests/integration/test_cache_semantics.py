@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.fakeupstream import FakeUpstream, blob, relay, send
+from tests.support.fakeupstream import FakeUpstream, blob, relay, send, throttled
 from tests.support.images import push_image
 from tests.support.mirror import MirrorProcess
 from tests.support.registry import UpstreamRegistry
@@ -145,30 +145,6 @@ def test_cached_content_is_served_when_the_upstream_cannot(upstream, kind):
 BIG = b"".join(hashlib.sha256(str(i).encode()).digest() * 2048 for i in range(1024))  # 64 MiB
 BIG_DIGEST = "sha256:" + hashlib.sha256(BIG).hexdigest()
 BIG_PATH = f"/v2/library/big/blobs/{BIG_DIGEST}"
-
-
-def throttled(data, rate, done):
-    """
-    A route that sends C{data} at about C{rate} bytes/s and sets C{done}
-    when it has sent the last byte.
-    """
-
-    def route(handler):
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/octet-stream")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        chunk = 256 * 1024
-        started = time.monotonic()
-        for i in range(0, len(data), chunk):
-            handler.wfile.write(data[i:i + chunk])
-            ahead = (i + chunk) / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        handler.wfile.flush()
-        done.set()
-
-    return route
 
 
 def test_sixteen_clients_share_one_throttled_download(upstream):

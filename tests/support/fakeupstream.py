@@ -8,6 +8,7 @@ writes exactly the bytes (or the silence) it needs.
 """
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -145,5 +146,29 @@ def relay(origin):
         if handler.command != "HEAD":
             handler.wfile.write(body)
         connection.close()
+
+    return route
+
+
+def throttled(data, rate, done):
+    """
+    A route that sends C{data} at about C{rate} bytes/s and sets C{done}
+    when it has sent the last byte.
+    """
+
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        chunk = 256 * 1024
+        started = time.monotonic()
+        for i in range(0, len(data), chunk):
+            handler.wfile.write(data[i:i + chunk])
+            ahead = (i + chunk) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        handler.wfile.flush()
+        done.set()
 
     return route

@@ -23,10 +23,11 @@ def twistd_command():
     return [candidate] if os.path.exists(candidate) else [sys.executable, "-m", "twisted"]
 
 
-def write_config(path, *, port, upstream, root, extra="", upstream_extra=""):
+def write_config(path, *, port, upstream, root, extra="", upstream_extra="", also_listen=()):
+    listen = ", ".join(f'"{endpoint}"' for endpoint in (f"tcp:{port}:interface=127.0.0.1", *also_listen))
     with open(path, "w") as f:
         f.write(
-            f'[server]\nlisten = "tcp:{port}:interface=127.0.0.1"\n\n'
+            f'[server]\nlisten = [{listen}]\n\n'
             f'[upstream]\nurl = "{upstream}"\n{upstream_extra}\n'
             f'[storage]\ndriver = "filesystem"\n\n'
             f'[storage.filesystem]\nroot = "{root}"\n{extra}'
@@ -37,10 +38,12 @@ class MirrorProcess:
     """
     A running daomirror in front of C{upstream} (a URL), caching under
     C{root} (a fresh temporary directory unless given, so a test can restart
-    a mirror on the same cache).
+    a mirror on the same cache). C{also_listen}: more endpoints besides
+    plain TCP on C{port}, e.g. a TLS one.
     """
 
-    def __init__(self, upstream, root=None, port=None, extra_config="", upstream_config="", env=None):
+    def __init__(self, upstream, root=None, port=None, extra_config="", upstream_config="", env=None,
+                 also_listen=()):
         self.workdir = tempfile.mkdtemp(prefix="daomirror-test-")
         self.root = root or os.path.join(self.workdir, "cache")
         self.port = port or free_port()
@@ -49,7 +52,7 @@ class MirrorProcess:
         self.config_path = os.path.join(self.workdir, "daomirror.toml")
         self.log_path = os.path.join(self.workdir, "daomirror.log")
         write_config(self.config_path, port=self.port, upstream=upstream, root=self.root, extra=extra_config,
-                     upstream_extra=upstream_config)
+                     upstream_extra=upstream_config, also_listen=also_listen)
         env = dict(os.environ if env is None else env, PYTHONPATH=PROJECT)
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
