@@ -113,15 +113,17 @@ class Fill:
         self._readers.discard(streamer)
         return result
 
-    def readable(self):
+    def readable(self, end):
         """
-        How far readers may go: all of it once verified, else all but the
-        last byte (which is held back until the digest has been checked).
+        How far a reader whose range ends at C{end} may go: all of it once
+        verified, else what has arrived but never its range's last byte
+        (which is held back until the digest has been checked, so that no
+        response ends cleanly on bytes that might be wrong).
         """
         received = self._recent.end
         if self.outcome is True:
             return received
-        return received - 1 if self.size is None or received >= self.size else received
+        return min(received, end - 1)
 
     def in_memory(self, position, limit):
         return self._recent.get(position, limit)
@@ -135,6 +137,10 @@ class Fill:
         self._wake_readers()
 
     def _stored(self):
+        if self._writer.error is not None and self.outcome is None:
+            self._fail(Failure(FillFailed(f"{self.digest}: storage failed: {self._writer.error}")))
+            self._protocol.transport.stopProducing()
+            return
         self._recent.forget_before(self._writer.bytes_written - KEEP_BEHIND)
         self._wake_readers()
 
@@ -175,6 +181,8 @@ class Fill:
         return False
 
     def _fail(self, failure):
+        if self.outcome is not None:
+            return  # failed already (storage broke while the digest was being checked)
         log.warn("fill of {digest} failed: {why}", digest=str(self.digest), why=failure.getErrorMessage())
         self.outcome = failure
         self._recent.forget_before(self._recent.end)

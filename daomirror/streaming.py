@@ -31,9 +31,10 @@ class IGrowing(Interface):
     in memory.
     """
 
-    def readable():
+    def readable(end):
         """
-        How many bytes from the start of the blob a reader may have now.
+        How many bytes from the start of the blob a reader whose range ends
+        at C{end} may have now.
         """
 
     def in_memory(position, limit):
@@ -75,7 +76,7 @@ def _next_piece(growing, position, end):
     """
     if growing is None:
         return None, end
-    limit = min(end, growing.readable())
+    limit = min(end, growing.readable(end))
     if position >= limit:
         return None, limit
     data = growing.in_memory(position, limit)

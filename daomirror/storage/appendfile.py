@@ -43,7 +43,12 @@ class AppendFile:
                 raise
             self._fd = os.open(path, flags, 0o644)
             self._direct = False
-        self._buffer = mmap.mmap(-1, capacity)  # page-aligned, as O_DIRECT wants
+        try:
+            self._buffer = mmap.mmap(-1, capacity)  # page-aligned, as O_DIRECT wants
+        except OSError:
+            os.close(self._fd)
+            os.unlink(path)
+            raise
         self._view = memoryview(self._buffer)
         self._pending = 0  # bytes at the front of the buffer, not written yet
         self.size = 0
@@ -80,7 +85,11 @@ class AppendFile:
             os.close(self._fd)
             self._fd = None
         self._view.release()
-        self._buffer.close()
+        try:
+            self._buffer.close()
+        except BufferError:
+            pass  # a slice of it is still alive somewhere; it goes with that
+
 
     def _write_blocks(self):
         whole = self._pending - self._pending % BLOCK

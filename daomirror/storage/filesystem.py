@@ -213,6 +213,8 @@ class _FileWriter(VerifyingWriter):
         with self._lock:
             self._report_pending = False
             taken, stored = self._taken, self._stored
+        if self._error is not None:
+            self._broken(self._error)
         if self._handed - taken < LOW_WATER:
             self._caught_up()
         self._landed(stored)
@@ -266,7 +268,9 @@ class _FileWriter(VerifyingWriter):
             try:
                 writing.result()
             except OSError as e:
-                self._error = e  # reported by verify; later bytes are only counted
+                # Reported by verify (and to the fill at once); later bytes
+                # are only counted. No traceback: it would pin the buffers.
+                self._error = e.with_traceback(None)
         self._account(sum(map(len, chunks)))
 
     def _write_chunks(self, chunks):
@@ -281,7 +285,7 @@ class _FileWriter(VerifyingWriter):
             try:
                 self._file.flush()
             except OSError as e:
-                self._error = e
+                self._error = e.with_traceback(None)
         self._account(0)
 
     def _account(self, taken):

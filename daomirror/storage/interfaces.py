@@ -90,6 +90,11 @@ class IWriter(Interface):
         "may keep a last partial block (under 4 KiB) back until verify()."
     )
 
+    error = Attribute(
+        "The error that stopped storing, or None; watchers are called when it is set. "
+        "verify() then fails with it."
+    )
+
     def registerProducer(producer, streaming):
         """
         The push producer (the upstream) to pause while storage is behind.
@@ -107,7 +112,7 @@ class IWriter(Interface):
 
     def watch(callback):
         """
-        Call C{callback()} whenever C{bytes_written} grows.
+        Call C{callback()} whenever C{bytes_written} grows or C{error} is set.
         """
 
     def verify(size):

@@ -19,8 +19,9 @@ class VerifyingWriter:
         C{(hexdigest, length)} of what was stored;
       - C{_publish()}: make the object visible (may return a Deferred);
       - C{_discard()}: forget everything.
-    It calls C{_landed(total)} as bytes become readable, and C{_behind()} /
-    C{_caught_up()} to pause and resume the producer.
+    It calls C{_landed(total)} as bytes become readable, C{_behind()} /
+    C{_caught_up()} to pause and resume the producer, and C{_broken(error)}
+    when it cannot store any more.
     """
 
     def __init__(self, digest):
@@ -30,6 +31,7 @@ class VerifyingWriter:
         self._paused = False
         self._watchers = []
         self.bytes_written = 0
+        self.error = None
 
     def registerProducer(self, producer, streaming):
         self._producer = producer
@@ -77,6 +79,16 @@ class VerifyingWriter:
         self.bytes_written = total
         for callback in self._watchers:
             callback()
+
+    def _broken(self, error):
+        """
+        Storing failed: tell the watchers now, so that the transfer feeding
+        this writer stops rather than holding the rest of the blob in memory.
+        """
+        if self.error is None:
+            self.error = error
+            for callback in self._watchers:
+                callback()
 
     def _behind(self):
         if self._producer is not None and not self._paused:

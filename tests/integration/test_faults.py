@@ -10,6 +10,7 @@ import json
 import http.client
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -215,3 +216,19 @@ def test_joining_a_transfer_for_another_repository_needs_upstream_confirmation()
         release.set()
         thread.join(30)
         assert first["answer"] == (200, DATA)
+
+
+def test_a_disk_that_refuses_the_last_block_aborts_the_client_and_keeps_nothing():
+    limit = 4 * 1024 * 1024
+    data = DATA[:limit] + b"tail"  # every whole block fits; the tail written at the end does not
+    path = f"/v2/library/fault/blobs/sha256:{hashlib.sha256(data).hexdigest()}"
+    with FakeUpstream({path: blob(data)}) as upstream, MirrorProcess(upstream.url) as mirror:
+        subprocess.run(["prlimit", "--pid", str(mirror.process.pid), f"--fsize={limit}:"], check=True)
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            read_blob(mirror, path)
+        assert stored_files(mirror.root) == []
+        assert "storage failed" in mirror.log()
+        subprocess.run(["prlimit", "--pid", str(mirror.process.pid), "--fsize=unlimited:"], check=True)
+        assert read_blob(mirror, path) == (200, data)
+        assert upstream.count("GET", path) == 2
+        assert "Traceback" not in mirror.log(), "the failed fill's writer closed cleanly"

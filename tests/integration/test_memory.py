@@ -1,11 +1,15 @@
 """
 Memory stays bounded whatever the blob size and the client's speed: the
-bytes wait on disk, not in the daemon (DESIGN.md invariant 4).
+bytes wait on disk, not in the daemon (DESIGN.md invariant 4), and when the
+disk refuses them the transfer stops rather than piling them up in memory.
 """
 
 import hashlib
 import http.client
+import subprocess
 import time
+
+import pytest
 
 from tests.support.fakeupstream import FakeUpstream, blob
 from tests.support.mirror import MirrorProcess
@@ -16,12 +20,12 @@ DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
 PATH = f"/v2/library/huge/blobs/{DIGEST}"
 
 
-def resident_mib(pid):
+def resident_mib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 def test_a_slow_reader_of_a_large_blob_leaves_memory_bounded():
@@ -45,3 +49,26 @@ def test_a_slow_reader_of_a_large_blob_leaves_memory_bounded():
         assert "sha256:" + digest.hexdigest() == DIGEST
         assert upstream.count("GET", PATH) == 1
         assert peak - baseline < 64, f"resident memory grew by {peak - baseline:.0f} MiB for a 256 MiB blob"
+
+
+def test_a_disk_that_refuses_writes_stops_the_transfer_and_keeps_nothing_in_memory():
+    with FakeUpstream({PATH: blob(DATA)}) as upstream, MirrorProcess(upstream.url) as mirror:
+        baseline = resident_mib(mirror.process.pid)
+        # Files the daemon writes may not grow past 16 MiB (a soft limit, lifted
+        # below): writes fail with EFBIG, as they would with ENOSPC.
+        subprocess.run(["prlimit", "--pid", str(mirror.process.pid), "--fsize=16777216:"], check=True)
+        connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
+        connection.request("GET", PATH)
+        response = connection.getresponse()
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            while response.read(4 * 1024 * 1024):
+                pass
+        connection.close()
+        grown = resident_mib(mirror.process.pid, "VmHWM") - baseline
+        assert grown < 64, f"memory grew by {grown:.0f} MiB while the disk refused a 256 MiB blob"
+        assert "storage failed" in mirror.log()
+
+        subprocess.run(["prlimit", "--pid", str(mirror.process.pid), "--fsize=unlimited:"], check=True)
+        status, _, body = mirror.request("GET", PATH, timeout=120)
+        assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == DIGEST
+        assert upstream.count("GET", PATH) == 2, "nothing of the refused fill was kept"

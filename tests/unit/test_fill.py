@@ -4,6 +4,7 @@ consumers: the invariants that matter most are decided here, so they are
 tested without sockets or timing.
 """
 
+import errno
 import hashlib
 
 import pytest
@@ -203,3 +204,39 @@ def test_recent_bytes_hand_out_whole_chunks_as_they_are_and_parts_as_views():
     assert recent.start == 10 and recent.get(9, 20) is None, "the chunk ending at 10 is gone"
     recent.forget_before(20)
     assert recent.start == recent.end == 20 and recent.get(15, 20) is None
+
+
+def test_a_range_gets_its_last_byte_only_after_verification():
+    _, fill, response, _ = start_fill()
+    ranged = StringTransport()
+    done = fill.attach(ranged, 0, 100)
+    response.send(DATA[:500_000])
+    assert drain(ranged) == DATA[:99] and not done.called
+    response.send(DATA[500_000:])
+    response.end()
+    assert drain(ranged) == DATA[:100] and done.called and failure_of(done) is None
+
+
+def test_a_range_of_a_blob_that_turns_out_wrong_never_ends_cleanly():
+    _, fill, response, _ = start_fill()
+    ranged = StringTransport()
+    done = fill.attach(ranged, 0, 100)
+    response.send(b"X" + DATA[1:])
+    drain(ranged)
+    response.end()
+    assert failure_of(done).check(StreamBroken)
+    assert ranged.value() == b"X" + DATA[1:99]
+
+
+def test_a_storage_failure_stops_the_upstream_and_the_readers_at_once():
+    storage = MemoryStorage()
+    writer = storage.open_writer("blobs/x", DIGEST)
+    _, fill, response, _ = start_fill(writer=writer)
+    client = StringTransport()
+    done = fill.attach(client, 0, len(DATA))
+    response.send(DATA[:500_000])
+    writer._broken(OSError(errno.ENOSPC, "No space left on device"))
+    assert failure_of(done).check(StreamBroken)
+    assert response.transport.producerState == "stopped", "the upstream is not read any further"
+    assert fill.in_memory(400_000, len(DATA)) is None, "nothing is held in memory"
+    assert fill.done.result is False and "blobs/x" not in storage.objects
