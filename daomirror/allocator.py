@@ -5,10 +5,11 @@ Every upstream read is a new 1 MiB C{bytes}, and a fill keeps some MiB of
 them in memory (L{daomirror.fill.RecentBytes} and the writer's queue). By
 default glibc serves blocks that size with C{mmap} and gives freed heap
 back to the kernel soon, so a transfer keeps faulting in fresh pages; on a
-virtual machine a fresh page costs far more than a reused one (measured
-here: a cold 512 MiB transfer ran about a fifth faster with the settings
-below). Keeping such blocks on the heap and a bounded amount of freed heap
-around makes steady streaming reuse the same memory.
+virtual machine a fresh page costs far more than a reused one. Keeping such
+blocks on the heap and a bounded amount of freed heap around makes steady
+streaming reuse the same memory. (Measured here with the same settings
+given through glibc's MALLOC_* variables, to the mirror and its test client
+alike: a cold 512 MiB read averaged 439 MB/s over four reads, against 362.)
 """
 
 import ctypes

@@ -13,7 +13,8 @@ C{O_DIRECT} wants writes that are whole, aligned blocks from an aligned
 buffer: bytes are gathered in a page-aligned buffer, the whole blocks are
 written, and the remainder waits for more; L{AppendFile.flush} writes the
 last partial block through the page cache. A filesystem that refuses
-C{O_DIRECT} (tmpfs, some FUSE mounts) gets plain buffered writes.
+C{O_DIRECT} (tmpfs before Linux 6.6, some FUSE mounts) gets plain buffered
+writes.
 """
 
 import errno
@@ -89,7 +90,6 @@ class AppendFile:
             self._buffer.close()
         except BufferError:
             pass  # a slice of it is still alive somewhere; it goes with that
-
 
     def _write_blocks(self):
         whole = self._pending - self._pending % BLOCK
