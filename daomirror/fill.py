@@ -8,9 +8,10 @@ a streamer going at its own client's pace: clients keeping up with the
 upstream are sent the newest bytes from memory (L{RecentBytes}), so the disk
 never sets their speed; one that falls behind reads the writer's staging
 file, so a slow client slows only itself and its bytes wait on disk, not in
-memory. Readers are never given the last byte before the whole body was
-verified: a broken transfer can only ever end in an aborted connection,
-never in a clean short or wrong body (DESIGN.md invariants 1 and 8).
+memory. Readers are never given the last byte of their range before the
+whole body was verified: a broken transfer can only ever end in an aborted
+connection, never in a clean short or wrong body (DESIGN.md invariants 1
+and 8). A storage failure ends the transfer at once.
 """
 
 from bisect import bisect_right
