@@ -21,10 +21,14 @@ from urllib.parse import urlencode, urlsplit
 from twisted.logger import Logger
 
 from . import errors
+from .lru import LRU
 from .singleflight import SingleFlight
 
 DEFAULT_EXPIRES_IN = 60
 TOKEN_BODY_LIMIT = 1024 * 1024
+# Tokens are per repository, and clients pick the repositories: keep the
+# ones in use, not every one ever asked for.
+TOKENS_IN_MEMORY = 4096
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SEPARATORS = re.compile(r"[ \t,]*")
@@ -110,7 +114,7 @@ class Authenticator:
         self._secure_realms_only = secure_realms_only
         self._credentials = (username, password) if username is not None else None
         self._clock = clock
-        self._tokens = {}
+        self._tokens = LRU(TOKENS_IN_MEMORY)
         self._basic = False
         self._fetching = SingleFlight()
 
@@ -136,8 +140,9 @@ class Authenticator:
         current = self.cached(scope)
         if current is not None and current != rejected:
             return current  # another request got a token meanwhile
-        if rejected is not None and self._tokens.get(scope) and self._tokens[scope].header == rejected:
-            del self._tokens[scope]
+        known = self._tokens.get(scope)
+        if rejected is not None and known is not None and known.header == rejected:
+            self._tokens.discard(scope)
         challenges = parse_challenges(challenge_values)
         bearer = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
         if bearer is not None:
@@ -180,6 +185,6 @@ class Authenticator:
             raise errors.unavailable("the upstream's token service sent no token")
         margin = min(30.0, expires_in / 10)
         token = _Token("Bearer " + value, self._clock() + max(0.0, expires_in - margin))
-        self._tokens[scope] = token
+        self._tokens.put(scope, token)
         log.debug("got an upstream token for {scope}, valid {seconds}s", scope=scope, seconds=expires_in)
         return token

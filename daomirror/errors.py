@@ -65,5 +65,9 @@ def unavailable(why, status=502):
     return RegistryError(status, "UNAVAILABLE", "the upstream registry is unavailable", why)
 
 
+def storage_unavailable(why):
+    return RegistryError(503, "UNAVAILABLE", "the mirror's storage is unavailable", why)
+
+
 def upstream_timeout(why):
     return unavailable(why, status=504)

@@ -144,7 +144,7 @@ class Mirror:
         record = await self._tag_record(name, tag)
         cached = _pick(record, accept)
         try:
-            return await self._revalidate(name, tag, accept, record, cached)
+            manifest = await self._revalidate(name, tag, accept, record, cached is not None)
         except errors.RegistryError as e:
             if e.status == 404:
                 self._tag_memory.discard((name, tag))
@@ -158,15 +158,20 @@ class Mirror:
             log.warn("serving cached {name}:{tag} because upstream failed: {why}",
                      name=name, tag=tag, why=e.detail or e.message)
             return manifest
+        # Checked only now: a 404 of our own (the client refuses what upstream
+        # has) must not end the tag's cached life the way upstream's 404 does.
+        return _acceptable_or_404(manifest, accept)
 
-    async def _revalidate(self, name, tag, accept, record, cached):
+    async def _revalidate(self, name, tag, accept, record, head_first):
         """
-        A C{HEAD} first when something is cached: an unchanged digest costs
-        nothing more (Docker Hub does not count HEADs against its pull limit).
+        What upstream says C{tag} is now. A C{HEAD} first when something is
+        cached: an unchanged digest costs nothing more (Docker Hub does not
+        count HEADs against its pull limit).
         """
-        if cached is not None:
+        if head_first:
             head = await self._upstream.manifest(name, tag, accept, method="HEAD")
-            if head.digest == cached["digest"] and head.media_type.strip() == cached["mediaType"]:
+            cached = record["representations"].get(head.media_type.strip())
+            if cached is not None and head.digest == cached["digest"]:
                 manifest = await self._stored_manifest(parse_digest(cached["digest"]))
                 if manifest is not None:
                     await self._remember_tag(name, tag, record, manifest)
@@ -176,7 +181,7 @@ class Mirror:
         manifest = Manifest(fetched.body, media_type, _verified_digest(fetched, media_type))
         await self._store_manifest(name, manifest)
         await self._remember_tag(name, tag, record, manifest)
-        return _acceptable_or_404(manifest, accept)
+        return manifest
 
     async def _tag_record(self, name, tag):
         """
@@ -309,7 +314,11 @@ class Mirror:
             await self._storage.put(keys.blob_link(name, digest), b"")
             return _RunningFill(name, running.fill)
         size = response.length if isinstance(response.length, int) else None
-        writer = self._storage.open_writer(keys.blob(digest), digest)
+        try:
+            writer = self._storage.open_writer(keys.blob(digest), digest)
+        except OSError as e:
+            response.deliverBody(_Dropped())  # else its connection stays paused for good
+            raise errors.storage_unavailable(f"cannot store {digest}: {e}") from None
         fill = Fill(digest, size, writer, self._reactor, self._upstream.idle_timeout)
         running = self._fills[digest] = _RunningFill(name, fill)
         fill.done.addCallback(self._fill_finished, name, digest)

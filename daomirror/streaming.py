@@ -142,6 +142,7 @@ class FileStreamer:
         self._end = end
         self._growing = growing
         self._chunk_size = chunk_size
+        self._file_position = None  # where the file's own offset is
         self._paused = False
         self._pumping = False
         self._done = Deferred(lambda d: self.stopProducing())
@@ -190,11 +191,13 @@ class FileStreamer:
                 if data is None:
                     if self._position >= limit:
                         return  # wait for wake()
-                    self._file.seek(self._position)
+                    if self._file_position != self._position:  # first read, or after bytes from memory
+                        self._file.seek(self._position)
                     data = self._file.read(min(self._chunk_size, limit - self._position))
                     if not data:
                         self.fail("the file ended early")
                         return
+                    self._file_position = self._position + len(data)
                 self._position += len(data)
                 self._consumer.write(bytes(data))
         except OSError as e:

@@ -21,7 +21,7 @@ from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceiv
 from twisted.web.http import PotentialDataLoss
 
 from . import errors
-from .auth import Authenticator
+from .auth import TOKEN_BODY_LIMIT, Authenticator
 
 MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
@@ -171,7 +171,7 @@ class Upstream:
         Fetch a token from the upstream's realm, for the L{Authenticator}.
         """
         response = await self._fetch("GET", url, headers)
-        return response.code, await self._read(response, ERROR_BODY_LIMIT, "token")
+        return response.code, await self._read(response, TOKEN_BODY_LIMIT, "token")
 
     async def _error_for(self, response, method, path, what):
         """

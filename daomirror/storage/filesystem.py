@@ -228,8 +228,8 @@ class _FileWriter(VerifyingWriter):
             item = waiting if waiting is not None else self._queue.get()
             waiting = None
             if not isinstance(item, _Command):
-                chunks, waiting = self._more(item)
-                self._store(hasher, chunks)
+                chunks, size, waiting = self._more(item)
+                self._store(hasher, chunks, size)
             elif item.name == "finish":
                 self._flush()
                 self._reactor.callFromThread(item.done.callback, (hasher.hexdigest(), self._stored))
@@ -246,7 +246,7 @@ class _FileWriter(VerifyingWriter):
         """
         What is queued behind C{first}, up to BATCH bytes: the two threads
         meet once per batch, rather than per network chunk. Returns the
-        chunks and the command met on the way, if any.
+        chunks, their size and the command met on the way, if any.
         """
         chunks, size = [first], len(first)
         while size < BATCH:
@@ -255,12 +255,12 @@ class _FileWriter(VerifyingWriter):
             except queue.Empty:
                 break
             if isinstance(item, _Command):
-                return chunks, item
+                return chunks, size, item
             chunks.append(item)
             size += len(item)
-        return chunks, None
+        return chunks, size, None
 
-    def _store(self, hasher, chunks):
+    def _store(self, hasher, chunks, size):
         if self._error is None and not self._discarded:
             writing = self._io.submit(self._write_chunks, chunks)
             for chunk in chunks:
@@ -271,7 +271,7 @@ class _FileWriter(VerifyingWriter):
                 # Reported by verify (and to the fill at once); later bytes
                 # are only counted. No traceback: it would pin the buffers.
                 self._error = e.with_traceback(None)
-        self._account(sum(map(len, chunks)))
+        self._account(size)
 
     def _write_chunks(self, chunks):
         for chunk in chunks:

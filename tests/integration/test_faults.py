@@ -232,3 +232,16 @@ def test_a_disk_that_refuses_the_last_block_aborts_the_client_and_keeps_nothing(
         assert read_blob(mirror, path) == (200, data)
         assert upstream.count("GET", path) == 2
         assert "Traceback" not in mirror.log(), "the failed fill's writer closed cleanly"
+
+
+def test_storage_that_cannot_take_a_new_blob_answers_503_and_recovers():
+    with FakeUpstream({PATH: blob(DATA)}) as upstream, MirrorProcess(upstream.url) as mirror:
+        staging = os.path.join(mirror.root, "_staging")
+        os.rmdir(staging)
+        with open(staging, "w"):
+            pass  # a file where the staging folder should be: no staging file can be made
+        status, _, body = mirror.request("GET", PATH)
+        assert status == 503 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+        os.unlink(staging)
+        assert read_blob(mirror) == (200, DATA)
+        assert "Traceback" not in mirror.log()

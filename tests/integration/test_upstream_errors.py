@@ -230,6 +230,10 @@ def test_a_media_type_the_client_refuses_is_never_served():
         assert status == 200 and body == oci
         status, _, _ = mirror.request("GET", MANIFEST, {"Accept": "application/vnd.oci.image.manifest.v1+json;q=0"})
         assert status == 404
+        asked = len(upstream.requests)
+        status, _, body = mirror.request("GET", MANIFEST, {"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert status == 200 and body == oci
+        assert len(upstream.requests) == asked, "a 404 of the mirror's own did not end the tag's cached life"
 
 
 @pytest.mark.parametrize("content_type, body", [

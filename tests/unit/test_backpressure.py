@@ -39,7 +39,7 @@ async def test_a_writer_behind_pauses_its_producer_until_it_catches_up(tmp_path)
     writer = FilesystemStorage(str(tmp_path)).open_writer("blobs/x", DIGEST)
     disk = threading.Event()
     store = writer._store
-    writer._store = lambda hasher, data: (disk.wait(30), store(hasher, data))  # a disk that hangs
+    writer._store = lambda *batch: (disk.wait(30), store(*batch))  # a disk that hangs
     producer = RecordingProducer()
     writer.registerProducer(producer, True)
     for _ in range(COUNT):
