@@ -231,17 +231,15 @@ def test_writes_are_unsupported(mirror, upstream, method, path):
     assert len(upstream.entries()) == before
 
 
-def test_cache_survives_a_restart_and_serves_with_upstream_gone(upstream):
+def test_cache_survives_a_restart_and_serves_with_upstream_gone(upstream, tmp_path):
     image = push_image(upstream.url, "library/durable", "v1", seed="durable")
-    first = MirrorProcess(upstream.url)
-    try:
+    root = str(tmp_path / "cache")
+    with MirrorProcess(upstream.url, root=root) as first:
         assert first.request("GET", f"/v2/{image.repo}/manifests/v1", {"Accept": ALL_TYPES})[0] == 200
         for blob in image.manifests[0].blobs:
             assert first.request("GET", f"/v2/{image.repo}/blobs/{blob}")[0] == 200
-    finally:
-        first.stop()
     gone = "http://127.0.0.1:9"  # nothing listens on the discard port
-    with MirrorProcess(gone, root=first.root) as second:
+    with MirrorProcess(gone, root=root) as second:
         status, headers, body = second.request("GET", f"/v2/{image.repo}/manifests/v1", {"Accept": ALL_TYPES})
         assert status == 200 and body == image.raw
         assert second.request("GET", f"/v2/{image.repo}/manifests/{image.digest}", {"Accept": ALL_TYPES})[2] == body

@@ -5,6 +5,7 @@ in a subprocess, with a generated configuration, on a free loopback port.
 
 import http.client
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,3 +108,4 @@ class MirrorProcess:
 
     def __exit__(self, *exc):
         self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the cache too, unless it was given
