@@ -302,6 +302,12 @@ def _sized(request, body):
 
 
 def _error(request, error):
+    if request.startedWriting:
+        # A response is under way: an error body now would end it cleanly
+        # on a short or wrong body (DESIGN.md invariant 8). Abort instead.
+        log.warn("aborting a response under way: {why}", why=error.detail or error.message)
+        request.transport.abortConnection()
+        return b""
     request.setResponseCode(error.status)
     _start(request, JSON)
     for name, value in error.headers.items():
