@@ -15,12 +15,18 @@ written, and the remainder waits for more; L{AppendFile.flush} writes the
 last partial block through the page cache. A filesystem that refuses
 C{O_DIRECT} (tmpfs before Linux 6.6, some FUSE mounts) gets plain buffered
 writes.
+
+Gathering and writing are separate steps so that a caller can hash the
+gathered bytes in its own thread while another writes them: each step lets
+go of the GIL once per gathering, not once per network chunk, which is
+what keeps a writer's threads moving while the reactor is busy.
 """
 
 import errno
 import fcntl
 import mmap
 import os
+from collections import deque
 
 BLOCK = 4096
 
@@ -51,7 +57,8 @@ class AppendFile:
             os.unlink(path)
             raise
         self._view = memoryview(self._buffer)
-        self._pending = 0  # bytes at the front of the buffer, not written yet
+        self._written = 0  # the buffer's bytes before this are in the file
+        self._end = 0  # and those from there to here are gathered, not written
         self.size = 0
 
     def fileno(self):
@@ -62,24 +69,61 @@ class AppendFile:
         Add C{data}; whole blocks reach the file now, the rest with a later
         call or with L{flush}.
         """
-        data = memoryview(data)
+        pieces = deque([memoryview(data)])
+        while pieces:
+            self.gather(pieces)
+            self.write_gathered()
+
+    def gather(self, pieces):
+        """
+        Copy bytes from the front of C{pieces} (a deque of memoryviews) into
+        the buffer, until it is full or they run out; what does not fit
+        stays at the front of C{pieces}.
+
+        @return: a view of the bytes gathered, valid until the next call.
+        """
         capacity = len(self._buffer)
-        while data and self._direct:
-            taken = min(len(data), capacity - self._pending)
-            self._view[self._pending:self._pending + taken] = data[:taken]
-            self._pending += taken
-            data = data[taken:]
-            self._write_blocks()
-        self._write_all(data)
+        self._compact()
+        begin = self._end
+        while pieces and self._end < capacity:
+            piece = pieces.popleft()
+            taken = min(len(piece), capacity - self._end)
+            self._view[self._end:self._end + taken] = piece[:taken]
+            self._end += taken
+            if taken < len(piece):
+                pieces.appendleft(piece[taken:])
+        return self._view[begin:self._end]
+
+    def write_gathered(self):
+        """
+        Write what has been gathered: the whole blocks with C{O_DIRECT},
+        everything with plain writes. Call it between two L{gather}s. It
+        only reads the buffer, so another thread may read the gathered
+        bytes meanwhile.
+        """
+        while True:
+            end = self._end - self._end % BLOCK if self._direct else self._end
+            if self._written >= end:
+                return
+            try:
+                written = os.write(self._fd, self._view[self._written:end])
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self._direct:
+                    raise
+                # Opened with O_DIRECT, yet the filesystem refuses its writes.
+                self._buffered()
+                continue
+            self._written += written
+            self.size += written
 
     def flush(self):
         """
         Write what is left (the last, partial block) through the page cache.
         """
+        self.write_gathered()
         if self._direct:
             self._buffered()
-        self._write_all(self._view[:self._pending])
-        self._pending = 0
+            self.write_gathered()
 
     def close(self):
         if self._fd is not None:
@@ -91,23 +135,14 @@ class AppendFile:
         except BufferError:
             pass  # a slice of it is still alive somewhere; it goes with that
 
-    def _write_blocks(self):
-        whole = self._pending - self._pending % BLOCK
-        if not whole:
-            return
-        try:
-            written = os.write(self._fd, self._view[:whole])
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            # Opened with O_DIRECT, yet the filesystem refuses its writes.
-            self._buffered()
-            self.flush()
-            return
-        self.size += written
-        remaining = self._pending - written
-        self._buffer.move(0, written, remaining)
-        self._pending = remaining
+    def _compact(self):
+        """
+        Move the bytes not yet written (less than a block, after a write)
+        to the front of the buffer, where the next write starts aligned.
+        """
+        remaining = self._end - self._written
+        self._buffer.move(0, self._written, remaining)
+        self._written, self._end = 0, remaining
 
     def _buffered(self):
         """
@@ -116,9 +151,3 @@ class AppendFile:
         self._direct = False
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
         fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-
-    def _write_all(self, view):
-        while view:
-            written = os.write(self._fd, view)
-            self.size += written
-            view = view[written:]

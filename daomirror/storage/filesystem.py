@@ -11,6 +11,7 @@ import os
 import queue
 import threading
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from twisted.internet.defer import Deferred, succeed
@@ -96,7 +97,7 @@ class FilesystemStorage:
         return stream(open(self.path(key), "rb"), consumer, start, end)[1]
 
     def open_writer(self, key, digest):
-        return _FileWriter(self._reactor, self.path(key), self._new_staging_file(AppendFile), digest)
+        return _FileWriter(self._reactor, self.path(key), self._new_staging_file(_staging_for_batches), digest)
 
     def delete(self, key):
         try:
@@ -104,6 +105,10 @@ class FilesystemStorage:
         except FileNotFoundError:
             pass
         return succeed(None)
+
+
+def _staging_for_batches(path):
+    return AppendFile(path, capacity=2 * BATCH)
 
 
 def _write_and_publish(staging, data, target):
@@ -137,7 +142,11 @@ def _publish(staged, target):
 # and resumed when fewer than LOW_WATER do: the memory a transfer holds.
 HIGH_WATER = 8 * 1024 * 1024
 LOW_WATER = 2 * 1024 * 1024
-BATCH = 2 * 1024 * 1024
+# The most a writer's threads take in one go: they meet, and wait for the
+# GIL, once per batch, so a writer that has fallen behind catches up in
+# bigger steps. Its staging file's buffer holds a batch and the chunk that
+# ends it.
+BATCH = 4 * 1024 * 1024
 
 
 class _Command:
@@ -154,10 +163,12 @@ class _Command:
 class _FileWriter(VerifyingWriter):
     """
     Hashes and writes in threads of its own, so that a slow disk never
-    stalls the reactor: one thread takes batches off the queue and hashes
-    each while a second writes it (both let go of the GIL), so a batch costs
-    the longer of the two, not their sum. Readers see bytes once they are in
-    the staging file (an L{AppendFile}).
+    stalls the reactor: one thread takes batches off the queue, gathers each
+    in the staging file's buffer (an L{AppendFile}) and hashes it there while
+    a second thread writes it. Both let go of the GIL for the whole batch, so
+    a batch costs the longer of the two, not their sum, and the threads do
+    not queue for the GIL once per network chunk. Readers see bytes once they
+    are in the staging file.
     """
 
     def __init__(self, reactor, target, staging_file, digest):
@@ -262,20 +273,18 @@ class _FileWriter(VerifyingWriter):
 
     def _store(self, hasher, chunks, size):
         if self._error is None and not self._discarded:
-            writing = self._io.submit(self._write_chunks, chunks)
-            for chunk in chunks:
-                hasher.update(chunk)
+            pieces = deque(memoryview(chunk) for chunk in chunks)
             try:
-                writing.result()
+                while pieces:
+                    gathered = self._file.gather(pieces)
+                    writing = self._io.submit(self._file.write_gathered)
+                    hasher.update(gathered)
+                    writing.result()
             except OSError as e:
                 # Reported by verify (and to the fill at once); later bytes
                 # are only counted. No traceback: it would pin the buffers.
                 self._error = e.with_traceback(None)
         self._account(size)
-
-    def _write_chunks(self, chunks):
-        for chunk in chunks:
-            self._file.append(chunk)
 
     def _flush(self):
         """
