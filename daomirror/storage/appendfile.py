@@ -16,17 +16,16 @@ last partial block through the page cache. A filesystem that refuses
 C{O_DIRECT} (tmpfs before Linux 6.6, some FUSE mounts) gets plain buffered
 writes.
 
-Gathering and writing are separate steps so that a caller can hash the
-gathered bytes in its own thread while another writes them: each step lets
-go of the GIL once per gathering, not once per network chunk, which is
-what keeps a writer's threads moving while the reactor is busy.
+Bytes are copied into that buffer with C{memmove} through ctypes, which
+lets go of the GIL: the copy of a network chunk, like the write, runs
+beside the reactor and the writer's hashing thread, not in turn with them.
 """
 
+import ctypes
 import errno
 import fcntl
 import mmap
 import os
-from collections import deque
 
 BLOCK = 4096
 
@@ -57,6 +56,9 @@ class AppendFile:
             os.unlink(path)
             raise
         self._view = memoryview(self._buffer)
+        anchor = ctypes.c_char.from_buffer(self._buffer)
+        self._address = ctypes.addressof(anchor)  # fixed for the mapping's life
+        del anchor  # (an export would keep close() from unmapping it)
         self._written = 0  # the buffer's bytes before this are in the file
         self._end = 0  # and those from there to here are gathered, not written
         self.size = 0
@@ -66,40 +68,30 @@ class AppendFile:
 
     def append(self, data):
         """
-        Add C{data}; whole blocks reach the file now, the rest with a later
-        call or with L{flush}.
+        Add C{data}; whole blocks reach the file when the buffer is full,
+        the rest with L{write_blocks} or L{flush}.
         """
-        pieces = deque([memoryview(data)])
-        while pieces:
-            self.gather(pieces)
-            self.write_gathered()
-
-    def gather(self, pieces):
-        """
-        Copy bytes from the front of C{pieces} (a deque of memoryviews) into
-        the buffer, until it is full or they run out; what does not fit
-        stays at the front of C{pieces}.
-
-        @return: a view of the bytes gathered, valid until the next call.
-        """
+        view = memoryview(data).cast("B")
+        # The address of a bytes object's contents, for memmove.
+        source = ctypes.cast(data, ctypes.c_void_p).value if type(data) is bytes else None
         capacity = len(self._buffer)
-        self._compact()
-        begin = self._end
-        while pieces and self._end < capacity:
-            piece = pieces.popleft()
-            taken = min(len(piece), capacity - self._end)
-            self._view[self._end:self._end + taken] = piece[:taken]
+        done = 0
+        while done < len(view):
+            if self._end == capacity:
+                self.write_blocks()
+                self._compact()
+            taken = min(len(view) - done, capacity - self._end)
+            if source is not None:
+                ctypes.memmove(self._address + self._end, source + done, taken)  # without the GIL
+            else:
+                self._view[self._end:self._end + taken] = view[done:done + taken]
             self._end += taken
-            if taken < len(piece):
-                pieces.appendleft(piece[taken:])
-        return self._view[begin:self._end]
+            done += taken
 
-    def write_gathered(self):
+    def write_blocks(self):
         """
         Write what has been gathered: the whole blocks with C{O_DIRECT},
-        everything with plain writes. Call it between two L{gather}s. It
-        only reads the buffer, so another thread may read the gathered
-        bytes meanwhile.
+        everything with plain writes.
         """
         while True:
             end = self._end - self._end % BLOCK if self._direct else self._end
@@ -120,10 +112,10 @@ class AppendFile:
         """
         Write what is left (the last, partial block) through the page cache.
         """
-        self.write_gathered()
+        self.write_blocks()
         if self._direct:
             self._buffered()
-            self.write_gathered()
+            self.write_blocks()
 
     def close(self):
         if self._fd is not None:
@@ -139,6 +131,7 @@ class AppendFile:
         """
         Move the bytes not yet written (less than a block, after a write)
         to the front of the buffer, where the next write starts aligned.
+        Call it only once what could be written was.
         """
         remaining = self._end - self._written
         self._buffer.move(0, self._written, remaining)
@@ -151,3 +144,4 @@ class AppendFile:
         self._direct = False
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
         fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+

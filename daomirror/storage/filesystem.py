@@ -11,10 +11,8 @@ import os
 import queue
 import threading
 import uuid
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
@@ -97,7 +95,7 @@ class FilesystemStorage:
         return stream(open(self.path(key), "rb"), consumer, start, end)[1]
 
     def open_writer(self, key, digest):
-        return _FileWriter(self._reactor, self.path(key), self._new_staging_file(_staging_for_batches), digest)
+        return _FileWriter(self._reactor, self.path(key), self._new_staging_file(_staging_for_blobs), digest)
 
     def delete(self, key):
         try:
@@ -107,8 +105,8 @@ class FilesystemStorage:
         return succeed(None)
 
 
-def _staging_for_batches(path):
-    return AppendFile(path, capacity=2 * BATCH)
+def _staging_for_blobs(path):
+    return AppendFile(path, capacity=WRITE_BUFFER)
 
 
 def _write_and_publish(staging, data, target):
@@ -138,15 +136,13 @@ def _publish(staged, target):
     os.rename(staged, target)
 
 
-# The upstream is paused while more than HIGH_WATER bytes wait for the disk,
-# and resumed when fewer than LOW_WATER do: the memory a transfer holds.
+# The upstream is paused while more than HIGH_WATER bytes wait for the disk
+# or the hash, and resumed when fewer than LOW_WATER do: the memory a
+# transfer holds.
 HIGH_WATER = 8 * 1024 * 1024
 LOW_WATER = 2 * 1024 * 1024
-# The most a writer's threads take in one go: they meet, and wait for the
-# GIL, once per batch, so a writer that has fallen behind catches up in
-# bigger steps. Its staging file's buffer holds a batch and the chunk that
-# ends it.
-BATCH = 4 * 1024 * 1024
+# The staging file's buffer: the most written in one go.
+WRITE_BUFFER = 4 * 1024 * 1024
 
 
 class _Command:
@@ -162,13 +158,12 @@ class _Command:
 @implementer(IWriter)
 class _FileWriter(VerifyingWriter):
     """
-    Hashes and writes in threads of its own, so that a slow disk never
-    stalls the reactor: one thread takes batches off the queue, gathers each
-    in the staging file's buffer (an L{AppendFile}) and hashes it there while
-    a second thread writes it. Both let go of the GIL for the whole batch, so
-    a batch costs the longer of the two, not their sum, and the threads do
-    not queue for the GIL once per network chunk. Readers see bytes once they
-    are in the staging file.
+    Hashes and writes in two threads of its own, each taking every chunk in
+    order at its own pace: a slow disk never stalls the reactor, and neither
+    the hash nor the disk waits for the other. Both let go of the GIL for
+    their real work (the sha256 of a chunk; its copy into the staging file's
+    buffer and the write), so they run beside the reactor on other cores.
+    Readers see bytes once they are in the staging file.
     """
 
     def __init__(self, reactor, target, staging_file, digest):
@@ -177,114 +172,117 @@ class _FileWriter(VerifyingWriter):
         self._target = target
         self._file = staging_file
         self._staged = staging_file.name
-        self._queue = queue.SimpleQueue()
+        self._to_hash = queue.SimpleQueue()
+        self._to_store = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._handed = 0  # bytes given to the thread (reactor side)
-        self._taken = 0  # bytes the thread has dealt with (updated under the lock)
-        self._stored = 0  # bytes in the staging file (updated under the lock)
+        self._handed = 0  # bytes given to the threads (reactor side)
+        self._hashed = 0  # bytes the hashing thread is done with (under the lock)
+        self._taken = 0  # bytes the storing thread is done with (under the lock)
+        self._stored = 0  # bytes in the staging file (under the lock)
         self._report_pending = False
         self._error = None  # the first OSError met storing, reported by verify
         self._discarded = False
-        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"store {digest.hex[:12]}")
-        threading.Thread(target=self._run, name=f"write {digest.hex[:12]}", daemon=True).start()
+        name = digest.hex[:12]
+        threading.Thread(target=self._run_hash, name=f"hash {name}", daemon=True).start()
+        threading.Thread(target=self._run_store, name=f"store {name}", daemon=True).start()
 
     def _append(self, data):
         self._handed += len(data)
-        self._queue.put(data)
-        if self._handed - self._taken > HIGH_WATER:
+        self._to_hash.put(data)
+        self._to_store.put(data)
+        if self._backlog() > HIGH_WATER:
             self._behind()
 
-    def _finish(self):
-        return self._ask("finish").addCallback(self._stored_or_error)
+    def _backlog(self):
+        """
+        Bytes handed to the threads that the slower of them has not dealt with.
+        """
+        with self._lock:
+            return self._handed - min(self._hashed, self._taken)
 
-    def _stored_or_error(self, stored):
+    def _finish(self):
+        hashed, stored = _Command("finish"), _Command("finish")
+        self._to_hash.put(hashed)
+        self._to_store.put(stored)
+        both = gatherResults([hashed.done, stored.done], consumeErrors=True)
+        return both.addCallback(self._stored_or_error)
+
+    def _stored_or_error(self, results):
         if self._error is not None:
             raise self._error
-        return stored
+        return tuple(results)
 
     def _publish(self):
-        return self._ask("publish")
+        command = _Command("publish")
+        self._to_store.put(command)
+        return command.done
 
     def _discard(self):
-        # Gone from sight at once; the thread drops what is still queued and
-        # closes the file.
+        # Gone from sight at once; the threads drop what is still queued and
+        # the storing one closes the file.
         self._discarded = True
         _unlink_quietly(self._staged)
-        self._queue.put(_Command("discard"))
-
-    def _ask(self, name):
-        command = _Command(name)
-        self._queue.put(command)
-        return command.done
+        self._to_hash.put(_Command("discard"))
+        self._to_store.put(_Command("discard"))
 
     def _progress(self):
         """
-        In the reactor: the thread has moved on; tell readers and the producer.
+        In the reactor: a thread has moved on; tell readers and the producer.
         """
         with self._lock:
             self._report_pending = False
-            taken, stored = self._taken, self._stored
+            stored = self._stored
         if self._error is not None:
             self._broken(self._error)
-        if self._handed - taken < LOW_WATER:
+        if self._backlog() < LOW_WATER:
             self._caught_up()
         self._landed(stored)
 
-    # In the writer's thread:
+    # In the writer's threads:
 
-    def _run(self):
+    def _run_hash(self):
         hasher = self._digest.hasher()
-        waiting = None
         while True:
-            item = waiting if waiting is not None else self._queue.get()
-            waiting = None
+            item = self._to_hash.get()
+            if isinstance(item, _Command):
+                if item.name == "finish":
+                    self._reactor.callFromThread(item.done.callback, hasher.hexdigest())
+                return
+            if not self._discarded:
+                hasher.update(item)  # without the GIL
+            self._account(hashed=len(item))
+
+    def _run_store(self):
+        while True:
+            item = self._to_store.get()
             if not isinstance(item, _Command):
-                chunks, size, waiting = self._more(item)
-                self._store(hasher, chunks, size)
+                self._store_chunk(item)
+                if self._to_store.empty():
+                    self._write_blocks()  # nothing more yet: let readers have what is here
+                self._account(taken=len(item))
             elif item.name == "finish":
                 self._flush()
-                self._reactor.callFromThread(item.done.callback, (hasher.hexdigest(), self._stored))
+                self._reactor.callFromThread(item.done.callback, self._stored)
             elif item.name == "publish":
-                self._io.shutdown()
                 self._reactor.callFromThread(*self._sync_and_rename(item.done))
                 return
             else:  # discard
-                self._io.shutdown()
                 self._file.close()
                 return
 
-    def _more(self, first):
-        """
-        What is queued behind C{first}, up to BATCH bytes: the two threads
-        meet once per batch, rather than per network chunk. Returns the
-        chunks, their size and the command met on the way, if any.
-        """
-        chunks, size = [first], len(first)
-        while size < BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Command):
-                return chunks, size, item
-            chunks.append(item)
-            size += len(item)
-        return chunks, size, None
-
-    def _store(self, hasher, chunks, size):
+    def _store_chunk(self, data):
         if self._error is None and not self._discarded:
-            pieces = deque(memoryview(chunk) for chunk in chunks)
             try:
-                while pieces:
-                    gathered = self._file.gather(pieces)
-                    writing = self._io.submit(self._file.write_gathered)
-                    hasher.update(gathered)
-                    writing.result()
+                self._file.append(data)
             except OSError as e:
-                # Reported by verify (and to the fill at once); later bytes
-                # are only counted. No traceback: it would pin the buffers.
-                self._error = e.with_traceback(None)
-        self._account(size)
+                self._failed(e)
+
+    def _write_blocks(self):
+        if self._error is None and not self._discarded:
+            try:
+                self._file.write_blocks()
+            except OSError as e:
+                self._failed(e)
 
     def _flush(self):
         """
@@ -294,17 +292,22 @@ class _FileWriter(VerifyingWriter):
             try:
                 self._file.flush()
             except OSError as e:
-                self._error = e.with_traceback(None)
-        self._account(0)
+                self._failed(e)
+        self._account()
 
-    def _account(self, taken):
+    def _failed(self, error):
+        # Reported by verify (and to the fill at once); later bytes are only
+        # counted. No traceback: it would pin the buffers.
+        self._error = error.with_traceback(None)
+
+    def _account(self, hashed=0, taken=0):
         with self._lock:
+            self._hashed += hashed
             self._taken += taken
             self._stored = self._file.size
             report, self._report_pending = not self._report_pending, True
         if report:
             self._reactor.callFromThread(self._progress)
-
     def _sync_and_rename(self, done):
         try:
             os.fsync(self._file.fileno())

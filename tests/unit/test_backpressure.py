@@ -7,6 +7,7 @@ resumes it once it has caught up.
 import hashlib
 import threading
 
+import pytest
 import pytest_twisted
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -34,18 +35,41 @@ class RecordingProducer:
         self.events.append("stop")
 
 
+class HangingHash:
+    """
+    A hash whose updates wait until C{going} is set.
+    """
+
+    def __init__(self, going):
+        self._going = going
+        self._hash = hashlib.sha256()
+
+    def update(self, data):
+        self._going.wait(30)
+        self._hash.update(data)
+
+    def hexdigest(self):
+        return self._hash.hexdigest()
+
+
+@pytest.mark.parametrize("behind", ["disk", "hash"])
 @pytest_twisted.ensureDeferred
-async def test_a_writer_behind_pauses_its_producer_until_it_catches_up(tmp_path):
+async def test_a_writer_behind_pauses_its_producer_until_it_catches_up(tmp_path, monkeypatch, behind):
+    # The writer hashes and stores in two threads; either one falling
+    # behind must stop the upstream, or the other's lead piles up in memory.
+    going = threading.Event()
+    if behind == "hash":  # before the writer opens: its thread takes a hasher at once
+        monkeypatch.setattr(Digest, "hasher", lambda self: HangingHash(going))
     writer = FilesystemStorage(str(tmp_path)).open_writer("blobs/x", DIGEST)
-    disk = threading.Event()
-    store = writer._store
-    writer._store = lambda *batch: (disk.wait(30), store(*batch))  # a disk that hangs
+    if behind == "disk":
+        store = writer._store_chunk
+        writer._store_chunk = lambda chunk: (going.wait(30), store(chunk))
     producer = RecordingProducer()
     writer.registerProducer(producer, True)
     for _ in range(COUNT):
         writer.write(CHUNK)
     assert producer.events == ["pause"], "more than HIGH_WATER bytes wait: the upstream must stop"
-    disk.set()
+    going.set()
     await writer.verify(len(CHUNK) * COUNT)
     assert producer.events == ["pause", "resume"]
     writer.abort()
