@@ -68,7 +68,8 @@ class Blobs(Resource):
         def relay(response):
             request.setResponseCode(response.code)
             request.setHeader(b"Content-Length", str(response.length).encode())
-            response.deliverBody(Relay(request, digest, self.store))
+            store = self.store if b"/blobs/" in request.path else None  # a manifest's name is no digest
+            response.deliverBody(Relay(request, digest, store))
 
         fetched.addCallbacks(relay, lambda failure: request.transport.abortConnection())
         return NOT_DONE_YET

@@ -31,8 +31,13 @@ from .streaming import IGrowing, stream
 BODY_IDLE_TIMEOUT = 60.0
 
 # Bytes the writer has stored stay in memory this much longer, for clients
-# a little behind the newest bytes (a socket buffer's worth, say).
+# a little behind the newest bytes (a socket buffer's worth, say)...
 KEEP_BEHIND = 4 * 1024 * 1024
+# ...and as long as a client at most this far behind the newest byte has yet
+# to send them: on a busy machine a client that keeps up on the whole still
+# lags by several MiB at times, and had it to read the staging file, written
+# past the page cache, it would wait for the disk.
+FOLLOW_WINDOW = 16 * 1024 * 1024
 
 log = Logger()
 
@@ -142,8 +147,22 @@ class Fill:
             self._fail(Failure(FillFailed(f"{self.digest}: storage failed: {self._writer.error}")))
             self._protocol.transport.stopProducing()
             return
-        self._recent.forget_before(self._writer.bytes_written - KEEP_BEHIND)
+        self._recent.forget_before(self._needed_from())
         self._wake_readers()
+
+    def _needed_from(self):
+        """
+        Where the bytes still worth holding in memory begin: those not yet in
+        the file, KEEP_BEHIND before them, and what any reader in the
+        FOLLOW_WINDOW has yet to send. A reader further behind reads the
+        file, so that memory stays bounded whoever is slow.
+        """
+        newest = self._recent.end
+        needed = self._writer.bytes_written - KEEP_BEHIND
+        for reader in self._readers:
+            if newest - FOLLOW_WINDOW <= reader.position < needed:
+                needed = reader.position
+        return needed
 
     def _wake_readers(self):
         for reader in list(self._readers):

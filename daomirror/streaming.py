@@ -148,6 +148,13 @@ class FileStreamer:
         self._pumping = False
         self._done = Deferred(lambda d: self.stopProducing())
 
+    @property
+    def position(self):
+        """
+        The offset in the blob of the next byte to send.
+        """
+        return self._position
+
     def start(self):
         """
         Register on the consumer and begin; the result fires when the range
@@ -259,6 +266,8 @@ class SocketStreamer:
         self._unsent = b""  # read from the file at _position, not yet sent
         self._done = Deferred(lambda d: self._close(Failure(ConnectionLost("the client went away"))))
         self._sending = False
+
+    position = FileStreamer.position
 
     def start(self):
         # The headers and the first bytes of the body go in separate writes:

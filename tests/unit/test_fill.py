@@ -191,6 +191,26 @@ def test_bytes_stored_long_enough_ago_are_let_go_and_read_from_the_file(monkeypa
     assert drain(late) == DATA[:600_000]
 
 
+def test_bytes_a_reader_near_the_head_has_yet_to_send_stay_in_memory(monkeypatch):
+    # Stored already, but wanted soon by a client that lags a little: it
+    # should not have to read them back from the disk. One that lags too far
+    # reads the file instead, and holds no memory.
+    monkeypatch.setattr(fill_module, "KEEP_BEHIND", 100_000)
+    monkeypatch.setattr(fill_module, "FOLLOW_WINDOW", 300_000)
+    _, fill, response, _ = start_fill()
+    lagging = StringTransport()
+    fill.attach(lagging, 0, len(DATA))
+    lagging.producer.pauseProducing()
+    for offset in range(0, 300_000, 100_000):
+        response.send(DATA[offset:offset + 100_000])
+    assert bytes(fill.in_memory(0, len(DATA))) == DATA[:100_000], "the reader is 300,000 bytes behind"
+    response.send(DATA[300_000:400_000])
+    assert fill.in_memory(0, len(DATA)) is None, "now it is too far behind"
+    assert fill.in_memory(200_000, len(DATA)) is None
+    assert bytes(fill.in_memory(300_000, len(DATA))) == DATA[300_000:400_000]
+    assert drain(lagging) == DATA[:400_000]
+
+
 def test_recent_bytes_hand_out_whole_chunks_as_they_are_and_parts_as_views():
     recent = RecentBytes()
     first, second = b"a" * 10, b"b" * 10
