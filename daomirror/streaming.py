@@ -251,8 +251,12 @@ class SocketStreamer:
     The response headers go out through Twisted as usual; then, while the
     body is sent, the transport's C{doWrite} is ours: the reactor calls it
     whenever the socket can take more, so the client paces the transfer
-    just as it paces a producer. The transport gets its own C{doWrite} back
-    when the range is sent, the client leaves or the source breaks.
+    just as it paces a producer. Bytes that arrive for a client waiting on
+    a growing blob are sent at once, from the call that hands them in,
+    while they are still in the CPU's cache; the reactor is asked to call
+    back only when the socket is full. The transport gets its own
+    C{doWrite} back when the range is sent, the client leaves or the
+    source breaks.
     """
 
     def __init__(self, file, request, transport, start, end, growing=None):
@@ -265,7 +269,7 @@ class SocketStreamer:
         self._buffer = None  # made on the first read from the file
         self._unsent = b""  # read from the file at _position, not yet sent
         self._done = Deferred(lambda d: self._close(Failure(ConnectionLost("the client went away"))))
-        self._sending = False
+        self._waiting = False  # caught up with a growing blob, until wake()
 
     position = FileStreamer.position
 
@@ -275,27 +279,36 @@ class SocketStreamer:
         self._transport.setTcpNoDelay(True)
         self._request.write(b"")  # the headers, into the transport's buffer
         self._transport.doWrite = self._do_write
-        self._sending = True
-        self._transport.startWriting()
+        self._send_now()
         return self._done
 
     def wake(self):
-        if not self._done.called and not self._sending:
-            self._sending = True
-            self._transport.startWriting()
+        if self._waiting and not self._done.called:
+            self._waiting = False
+            self._send_now()
 
     def fail(self, reason):
         self._close(Failure(StreamBroken(reason)))
 
+    def _send_now(self):
+        """
+        Send what the socket takes without waiting for the reactor; a
+        socket that fails here is dropped as the reactor would drop it.
+        """
+        if self._do_write() is not None:
+            self._transport.abortConnection()
+
     def _do_write(self):
         transport = self._transport
         if transport.dataBuffer or transport._tempDataBuffer:
-            # The headers first, by Twisted's own means; it stops writing
-            # when its buffer is empty, so ask to be called again.
+            # The headers first, by Twisted's own means (which stops writing
+            # once its buffer is empty).
             result = type(transport).doWrite(transport)
-            if result is None and not self._done.called:
+            if result is not None or self._done.called:
+                return result
+            if transport.dataBuffer or transport._tempDataBuffer:
                 transport.startWriting()
-            return result
+                return None
         for _ in range(SENDS_PER_WAKEUP):
             if self._position >= self._end:
                 self._finish()
@@ -315,7 +328,8 @@ class SocketStreamer:
             if self._unsent:
                 self._unsent = self._unsent[sent:]
             if sent < len(data):
-                return None  # the socket is full: wait for the reactor
+                break  # the socket is full
+        transport.startWriting()  # call again when it has room, or after the others had a turn
         return None
 
     def _next_data(self):
@@ -329,7 +343,7 @@ class SocketStreamer:
             return data
         if self._position >= limit:
             # caught up with a growing blob: wait for wake()
-            self._sending = False
+            self._waiting = True
             self._transport.stopWriting()
             return None
         if self._buffer is None:
@@ -350,7 +364,7 @@ class SocketStreamer:
         """
         Give the transport its own doWrite back.
         """
-        self._sending = False
+        self._waiting = False
         if self._transport.__dict__.get("doWrite") is not None:
             del self._transport.doWrite
         if not (self._transport.dataBuffer or self._transport._tempDataBuffer):

@@ -18,6 +18,7 @@ from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from ..streaming import stream
+from . import threads
 from .appendfile import AppendFile
 from .interfaces import IStorage, IWriter
 from .writer import VerifyingWriter
@@ -183,8 +184,8 @@ class _FileWriter(VerifyingWriter):
         self._error = None  # the first OSError met storing, reported by verify
         self._discarded = False
         name = digest.hex[:12]
-        threading.Thread(target=self._run_hash, name=f"hash {name}", daemon=True).start()
-        threading.Thread(target=self._run_store, name=f"store {name}", daemon=True).start()
+        threads.writers.run(self._run_hash, f"hash {name}")
+        threads.writers.run(self._run_store, f"store {name}")
 
     def _append(self, data):
         self._handed += len(data)

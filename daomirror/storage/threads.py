@@ -1,0 +1,54 @@
+"""
+Threads kept between transfers for the writers' loops.
+
+Why: a filesystem writer runs two loops in threads of their own for as
+long as its transfer lasts, and starting two threads costs a cold blob's
+first byte about half a millisecond (more on a busy machine). Idle threads
+wait here for the next transfer instead. They are daemon threads, unlike
+C{concurrent.futures}', so that a writer stuck on a dead disk never holds
+the process up at exit.
+"""
+
+import queue
+import threading
+
+KEEP_IDLE = 8
+
+
+class ThreadPool:
+    """
+    Runs each function given to L{run} in a thread of its own, reusing idle
+    threads and keeping at most C{keep_idle} of them.
+    """
+
+    def __init__(self, keep_idle=KEEP_IDLE):
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job and not yet promised one
+        self._keep_idle = keep_idle
+
+    def run(self, function, name):
+        """
+        Call C{function()} in a thread named C{name} now.
+        """
+        with self._lock:
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1
+        self._jobs.put((function, name))
+        if not reuse:
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self):
+        while True:
+            function, name = self._jobs.get()
+            threading.current_thread().name = name
+            function()
+            threading.current_thread().name = "idle writer"
+            with self._lock:
+                if self._idle >= self._keep_idle:
+                    return
+                self._idle += 1
+
+
+writers = ThreadPool()
