@@ -251,7 +251,9 @@ class _FileWriter(VerifyingWriter):
                 return
             if not self._discarded:
                 hasher.update(item)  # without the GIL
-            self._account(hashed=len(item))
+            # Its progress matters to the reactor only to resume a paused
+            # upstream; readers follow the file, reported by the other thread.
+            self._account(hashed=len(item), report=self._paused)
 
     def _run_store(self):
         while True:
@@ -301,14 +303,16 @@ class _FileWriter(VerifyingWriter):
         # counted. No traceback: it would pin the buffers.
         self._error = error.with_traceback(None)
 
-    def _account(self, hashed=0, taken=0):
+    def _account(self, hashed=0, taken=0, report=True):
         with self._lock:
             self._hashed += hashed
             self._taken += taken
             self._stored = self._file.size
-            report, self._report_pending = not self._report_pending, True
+            report = report and not self._report_pending
+            self._report_pending = self._report_pending or report
         if report:
             self._reactor.callFromThread(self._progress)
+
     def _sync_and_rename(self, done):
         try:
             os.fsync(self._file.fileno())
