@@ -242,11 +242,15 @@ class SocketStreamer:
     request.write, one buffer reused for every read. Bytes of a growing blob
     that are still in memory go to the socket as they are.
 
-    Why not C{os.sendfile}: on the machine the project is measured on (a
-    virtual machine, Linux 6.18, loopback), C{pread} into a 512 KiB buffer
-    that stays in the CPU's cache and C{send} moved a cached file at 2.9-3.9
-    GB/s with 0.13-0.18 CPU seconds per 512 MiB, C{sendfile} at 1.5-2.1 GB/s
-    with 0.24-0.34 s, whatever its chunk size (benchmarks/send_or_sendfile.py).
+    Why not C{os.sendfile}: on the machine this was decided on (a virtual
+    machine, Linux 6.18, loopback), C{pread} into a 512 KiB buffer that
+    stays in the CPU's cache and C{send} moved a cached file at 2.9-3.9 GB/s
+    with 0.13-0.18 CPU seconds per 512 MiB, C{sendfile} at 1.5-2.1 GB/s with
+    0.24-0.34 s, whatever its chunk size. On a later machine of the same
+    kind the two were close (send 3.8-4.4 GB/s, 0.11-0.12 s; sendfile in
+    64-256 KiB chunks 3.8-5.5 GB/s, 0.09-0.13 s): benchmarks/send_or_sendfile.py
+    measures both. C{send} is needed anyway for the bytes of a growing blob
+    that are still in memory, so one path serves both.
 
     The response headers go out through Twisted as usual; then, while the
     body is sent, the transport's C{doWrite} is ours: the reactor calls it

@@ -20,17 +20,9 @@ DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
 PATH = f"/v2/library/huge/blobs/{DIGEST}"
 
 
-def resident_mib(pid, field="VmRSS"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field}")
-
-
 def test_a_slow_reader_of_a_large_blob_leaves_memory_bounded():
     with FakeUpstream({PATH: blob(DATA)}) as upstream, MirrorProcess(upstream.url) as mirror:
-        baseline = resident_mib(mirror.process.pid)
+        baseline = mirror.resident_mib()
         connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=120)
         connection.request("GET", PATH)
         response = connection.getresponse()
@@ -42,11 +34,11 @@ def test_a_slow_reader_of_a_large_blob_leaves_memory_bounded():
                 break  # ended early: the digest check below says so
             digest.update(chunk)
             received += len(chunk)
-            peak = max(peak, resident_mib(mirror.process.pid))
+            peak = max(peak, mirror.resident_mib())
             time.sleep(0.05)
         while chunk := response.read(4 * 1024 * 1024):
             digest.update(chunk)
-            peak = max(peak, resident_mib(mirror.process.pid))
+            peak = max(peak, mirror.resident_mib())
         connection.close()
         assert "sha256:" + digest.hexdigest() == DIGEST
         assert upstream.count("GET", PATH) == 1
@@ -55,7 +47,7 @@ def test_a_slow_reader_of_a_large_blob_leaves_memory_bounded():
 
 def test_a_disk_that_refuses_writes_stops_the_transfer_and_keeps_nothing_in_memory():
     with FakeUpstream({PATH: blob(DATA)}) as upstream, MirrorProcess(upstream.url) as mirror:
-        baseline = resident_mib(mirror.process.pid)
+        baseline = mirror.resident_mib()
         # Files the daemon writes may not grow past 16 MiB (a soft limit, lifted
         # below): writes fail with EFBIG, as they would with ENOSPC.
         subprocess.run(["prlimit", "--pid", str(mirror.process.pid), "--fsize=16777216:"], check=True)
@@ -66,7 +58,7 @@ def test_a_disk_that_refuses_writes_stops_the_transfer_and_keeps_nothing_in_memo
             while response.read(4 * 1024 * 1024):
                 pass
         connection.close()
-        grown = resident_mib(mirror.process.pid, "VmHWM") - baseline
+        grown = mirror.resident_mib("VmHWM") - baseline
         assert grown < 64, f"memory grew by {grown:.0f} MiB while the disk refused a 256 MiB blob"
         assert "storage failed" in mirror.log()
 

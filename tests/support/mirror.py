@@ -90,6 +90,16 @@ class MirrorProcess:
         finally:
             connection.close()
 
+    def resident_mib(self, field="VmRSS"):
+        """
+        The daemon's resident memory (or, with C{"VmHWM"}, its peak) in MiB.
+        """
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
+
     def log(self):
         with open(self.log_path, errors="replace") as f:
             return f.read()
