@@ -144,4 +144,3 @@ class AppendFile:
         self._direct = False
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
         fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-

@@ -193,6 +193,11 @@ class _FileWriter(VerifyingWriter):
         self._to_store.put(data)
         if self._backlog() > HIGH_WATER:
             self._behind()
+            # The hashing thread reports only once it sees the pause: if both
+            # threads got through everything before it was set, resume now
+            # rather than count on a report still to come.
+            if self._backlog() < LOW_WATER:
+                self._caught_up()
 
     def _backlog(self):
         """

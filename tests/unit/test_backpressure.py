@@ -6,10 +6,13 @@ resumes it once it has caught up.
 
 import hashlib
 import threading
+import time
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from daomirror.reference import Digest
@@ -83,4 +86,31 @@ async def test_a_writer_that_keeps_up_never_pauses(tmp_path):
     writer.write(CHUNK)
     await writer.verify(len(CHUNK))
     assert producer.events == []
+    writer.abort()
+
+
+@pytest_twisted.ensureDeferred
+async def test_threads_that_catch_up_just_before_the_pause_still_resume_the_upstream(tmp_path, monkeypatch):
+    # The race: the writer finds too much waiting, but before it pauses the
+    # upstream, both threads get through everything. No more bytes come to
+    # prompt a report; the writer itself must not leave the upstream paused.
+    going = threading.Event()
+    monkeypatch.setattr(Digest, "hasher", lambda self: HangingHash(going))
+    writer = FilesystemStorage(str(tmp_path)).open_writer("blobs/x", DIGEST)
+    pause = writer._behind
+
+    def pause_once_the_threads_are_through():
+        going.set()
+        deadline = time.monotonic() + 30
+        while writer._backlog() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        pause()
+
+    writer._behind = pause_once_the_threads_are_through
+    producer = RecordingProducer()
+    writer.registerProducer(producer, True)
+    while "pause" not in producer.events:
+        writer.write(CHUNK)
+    await deferLater(reactor, 0.1, lambda: None)  # any report the threads sent arrives
+    assert producer.events == ["pause", "resume"]
     writer.abort()
