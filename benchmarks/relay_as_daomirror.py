@@ -3,14 +3,14 @@
 
 Why: to measure, in the same slot of the same benchmark, what the simplest
 Twisted program gets out of this machine, next to what daomirror gets. A
-benchmark that runs ``TWISTD -n --pidfile= daomirror --config FILE`` (the
-planners' ``bench.py`` does, with ``DAOMIRROR_TWISTD``) gets the relay
+benchmark that runs ``$DAOMIRROR_TWISTD -n --pidfile= daomirror --config
+FILE`` (``side_by_side.py`` and the planners' ``bench.py`` do) gets the relay
 instead, listening where daomirror would and fetching from the same
 upstream. With ``RELAY_STORE=1`` it also hashes every body and writes it
 under the configured storage root, as a verifying cache must::
 
-    DAOMIRROR_TWISTD=$PWD/benchmarks/relay_as_daomirror.py python3 bench.py --systems distribution,daomirror
-    RELAY_STORE=1 DAOMIRROR_TWISTD=... python3 bench.py --systems distribution,daomirror
+    DAOMIRROR_TWISTD=$PWD/benchmarks/relay_as_daomirror.py .venv/bin/python benchmarks/side_by_side.py
+    RELAY_STORE=1 DAOMIRROR_TWISTD=$PWD/benchmarks/relay_as_daomirror.py .venv/bin/python benchmarks/side_by_side.py
 
 Only the blob rows mean anything then: the relay serves blobs and nothing
 else, and it coalesces nothing.
@@ -25,6 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main():
+    if "--config" not in sys.argv[:-1]:
+        sys.exit(__doc__)  # started by hand, not in twistd's place
     config_path = sys.argv[sys.argv.index("--config") + 1]
     with open(config_path, "rb") as f:
         config = tomllib.load(f)

@@ -291,8 +291,7 @@ def _storage(section):
         if name == "driver":
             continue
         if name not in DRIVER_OPTIONS:
-            section.get(name, dict, {})  # a non-table here is a type error...
-            raise section.error(name, "unknown key")  # ...and a table an unknown driver
+            raise section.error(name, "unknown key")  # a typo, or a driver we lack
         options = _driver_options(section.table(name), DRIVER_OPTIONS[name])
         if name == driver:
             chosen = options

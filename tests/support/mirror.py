@@ -18,8 +18,12 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 def twistd_command():
     """
-    The twistd of the Python running the tests (the project's venv).
+    The twistd of the Python running the tests (the project's venv), or
+    C{$DAOMIRROR_TWISTD} (so that a benchmark can stand another program in
+    daomirror's place: benchmarks/relay_as_daomirror.py).
     """
+    if os.environ.get("DAOMIRROR_TWISTD"):
+        return [os.environ["DAOMIRROR_TWISTD"]]
     candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
     return [candidate] if os.path.exists(candidate) else [sys.executable, "-m", "twisted"]
 

@@ -69,6 +69,7 @@ def test_credentials_from_password_file(tmp_path):
     ("[storage.filesystem]\nroot = true\n", "storage.filesystem.root", "must be a string, not true or false"),
     ("[storage.filesystem]\nroots = '/x'\n", "storage.filesystem.roots", "unknown key"),
     ("[storage.floppy]\n", "storage.floppy", "unknown key"),
+    ("[storage]\ndrivr = 'memory'\n", "storage.drivr", "unknown key"),
     ("[cache]\nmax_size = '5GB'\n", "cache.max_size", "unknown key"),
     ("[cache]\ntag_ttl = 'soon'\n", "cache.tag_ttl", "is not a duration"),
 ])
