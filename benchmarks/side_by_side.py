@@ -150,7 +150,10 @@ def run(args, results, reference):
         manifest_path = "/v2/library/mid/manifests/v1"
 
         print("==> starting daomirror and distribution (proxy mode), empty caches", flush=True)
-        dao = stack.enter_context(MirrorProcess(upstream.url))
+        # $DAOMIRROR_TWISTD stands another program in daomirror's place
+        # (benchmarks/relay_as_daomirror.py: the simplest Twisted relay).
+        twistd = [os.environ["DAOMIRROR_TWISTD"]] if os.environ.get("DAOMIRROR_TWISTD") else None
+        dao = stack.enter_context(MirrorProcess(upstream.url, twistd=twistd))
         proxy = stack.enter_context(UpstreamRegistry(config={
             "proxy": {"remoteurl": upstream.url}, "log": {"fields": {"service": "proxy-registry"}}}))
         ports = {"daomirror": dao.port, "distribution": proxy.port}

@@ -20,9 +20,9 @@ from twisted.internet.tcp import Server
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-CHUNK_SIZE = 512 * 1024
-SMALL = 256 * 1024
-READ_CHUNK = 512 * 1024
+CHUNK_SIZE = 512 * 1024  # a FileStreamer's writes (TLS and other transports)
+SMALL = 256 * 1024  # a cached range this small goes in one write
+READ_CHUNK = 512 * 1024  # a SocketStreamer's buffer: big reads that stay in the CPU's cache
 SENDS_PER_WAKEUP = 16  # then let other connections have the reactor
 
 
@@ -258,7 +258,8 @@ class SocketStreamer:
     just as it paces a producer. Bytes that arrive for a client waiting on
     a growing blob are sent at once, from the call that hands them in,
     while they are still in the CPU's cache; the reactor is asked to call
-    back only when the socket is full. The transport gets its own
+    back only when the socket is full, or after SENDS_PER_WAKEUP sends so
+    that other connections get their turn. The transport gets its own
     C{doWrite} back when the range is sent, the client leaves or the
     source breaks.
     """

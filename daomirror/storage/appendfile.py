@@ -16,9 +16,10 @@ last partial block through the page cache. A filesystem that refuses
 C{O_DIRECT} (tmpfs before Linux 6.6, some FUSE mounts) gets plain buffered
 writes.
 
-Bytes are copied into that buffer with C{memmove} through ctypes, which
-lets go of the GIL: the copy of a network chunk, like the write, runs
-beside the reactor and the writer's hashing thread, not in turn with them.
+C{bytes} (what the network hands in) are copied into that buffer with
+C{memmove} through ctypes, which lets go of the GIL: the copy of a network
+chunk, like the write, runs beside the reactor and the writer's hashing
+thread, not in turn with them. Other buffers are copied by slicing.
 """
 
 import ctypes
@@ -90,7 +91,7 @@ class AppendFile:
 
     def write_blocks(self):
         """
-        Write what has been gathered: the whole blocks with C{O_DIRECT},
+        Write what has been appended: the whole blocks with C{O_DIRECT},
         everything with plain writes.
         """
         while True:
@@ -118,14 +119,16 @@ class AppendFile:
             self.write_blocks()
 
     def close(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._view.release()
+        fd, self._fd = self._fd, None  # never closed twice: the number may be another file's by then
         try:
-            self._buffer.close()
-        except BufferError:
-            pass  # a slice of it is still alive somewhere; it goes with that
+            if fd is not None:
+                os.close(fd)
+        finally:
+            self._view.release()
+            try:
+                self._buffer.close()
+            except BufferError:
+                pass  # a slice of it is still alive somewhere; it goes with that
 
     def _compact(self):
         """

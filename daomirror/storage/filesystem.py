@@ -138,8 +138,8 @@ def _publish(staged, target):
 
 
 # The upstream is paused while more than HIGH_WATER bytes wait for the disk
-# or the hash, and resumed when fewer than LOW_WATER do: the memory a
-# transfer holds.
+# or the hash, and resumed when fewer than LOW_WATER do: what a transfer
+# holds in memory for its writer.
 HIGH_WATER = 8 * 1024 * 1024
 LOW_WATER = 2 * 1024 * 1024
 # The staging file's buffer: the most written in one go.
@@ -254,11 +254,12 @@ class _FileWriter(VerifyingWriter):
                 if item.name == "finish":
                     self._reactor.callFromThread(item.done.callback, hasher.hexdigest())
                 return
-            if not self._discarded:
-                hasher.update(item)  # without the GIL
-            # Its progress matters to the reactor only to resume a paused
-            # upstream; readers follow the file, reported by the other thread.
-            self._account(hashed=len(item), report=self._paused)
+            if not self._discarded and self._error is None:
+                try:
+                    hasher.update(item)  # without the GIL
+                except Exception as e:
+                    self._failed(e)
+            self._account_hashed(len(item))
 
     def _run_store(self):
         while True:
@@ -275,21 +276,24 @@ class _FileWriter(VerifyingWriter):
                 self._reactor.callFromThread(*self._sync_and_rename(item.done))
                 return
             else:  # discard
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError:
+                    pass  # unlinked already: nothing of it can be seen
                 return
 
     def _store_chunk(self, data):
         if self._error is None and not self._discarded:
             try:
                 self._file.append(data)
-            except OSError as e:
+            except Exception as e:  # OSError, or a bug: the blob is not stored either way
                 self._failed(e)
 
     def _write_blocks(self):
         if self._error is None and not self._discarded:
             try:
                 self._file.write_blocks()
-            except OSError as e:
+            except Exception as e:
                 self._failed(e)
 
     def _flush(self):
@@ -299,7 +303,7 @@ class _FileWriter(VerifyingWriter):
         if self._error is None:
             try:
                 self._file.flush()
-            except OSError as e:
+            except Exception as e:
                 self._failed(e)
         self._account()
 
@@ -308,15 +312,38 @@ class _FileWriter(VerifyingWriter):
         # counted. No traceback: it would pin the buffers.
         self._error = error.with_traceback(None)
 
-    def _account(self, hashed=0, taken=0, report=True):
+    def _account(self, taken=0):
+        """
+        In the storing thread: C{taken} more bytes dealt with; the reactor
+        hears of it (readers follow the file).
+        """
         with self._lock:
-            self._hashed += hashed
             self._taken += taken
             self._stored = self._file.size
-            report = report and not self._report_pending
-            self._report_pending = self._report_pending or report
+            report = self._report()
         if report:
             self._reactor.callFromThread(self._progress)
+
+    def _account_hashed(self, hashed):
+        """
+        In the hashing thread: its progress matters to the reactor only to
+        resume a paused upstream. The pause is read under the lock, after
+        the count: the reactor sets it before it counts again (L{_append}),
+        so one of the two sees the other.
+        """
+        with self._lock:
+            self._hashed += hashed
+            report = self._paused and self._report()
+        if report:
+            self._reactor.callFromThread(self._progress)
+
+    def _report(self):
+        """
+        Under the lock: whether to call the reactor now (not if a call is
+        on its way, which will read the counts when it runs).
+        """
+        report, self._report_pending = not self._report_pending, True
+        return report
 
     def _sync_and_rename(self, done):
         try:

@@ -12,7 +12,11 @@ the process up at exit.
 import queue
 import threading
 
+from twisted.logger import Logger
+
 KEEP_IDLE = 8
+
+log = Logger()
 
 
 class ThreadPool:
@@ -43,7 +47,11 @@ class ThreadPool:
         while True:
             function, name = self._jobs.get()
             threading.current_thread().name = name
-            function()
+            try:
+                function()
+            except BaseException:
+                log.failure("{name} failed", name=name)  # a bug: its writer's callers are not told
+            del function  # an idle thread must not keep its last job's objects alive
             threading.current_thread().name = "idle writer"
             with self._lock:
                 if self._idle >= self._keep_idle:

@@ -1,7 +1,7 @@
 """
 The mirror's own TLS listener, as dockerd's ``https://`` mirror endpoint
 uses it: TLS connections are not plain sockets, so blobs reach them through
-the producer path (not sendfile), for a blob still downloading too.
+the producer path (not the plain-socket one), for a blob still downloading too.
 """
 
 import hashlib

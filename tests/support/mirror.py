@@ -18,12 +18,8 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 def twistd_command():
     """
-    The twistd of the Python running the tests (the project's venv), or
-    C{$DAOMIRROR_TWISTD} (so that a benchmark can stand another program in
-    daomirror's place: benchmarks/relay_as_daomirror.py).
+    The twistd of the Python running the tests (the project's venv).
     """
-    if os.environ.get("DAOMIRROR_TWISTD"):
-        return [os.environ["DAOMIRROR_TWISTD"]]
     candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
     return [candidate] if os.path.exists(candidate) else [sys.executable, "-m", "twisted"]
 
@@ -44,11 +40,13 @@ class MirrorProcess:
     A running daomirror in front of C{upstream} (a URL), caching under
     C{root} (a fresh temporary directory unless given, so a test can restart
     a mirror on the same cache). C{also_listen}: more endpoints besides
-    plain TCP on C{port}, e.g. a TLS one.
+    plain TCP on C{port}, e.g. a TLS one. C{twistd}: the command to run
+    instead of twistd (a benchmark stands another program in daomirror's
+    place with it).
     """
 
     def __init__(self, upstream, root=None, port=None, extra_config="", upstream_config="", env=None,
-                 also_listen=()):
+                 also_listen=(), twistd=None):
         self.workdir = tempfile.mkdtemp(prefix="daomirror-test-")
         self.root = root or os.path.join(self.workdir, "cache")
         self.port = port or free_port()
@@ -61,7 +59,7 @@ class MirrorProcess:
         env = dict(os.environ if env is None else env, PYTHONPATH=PROJECT)
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                twistd_command() + ["-n", "--pidfile=", "daomirror", "--config", self.config_path],
+                (twistd or twistd_command()) + ["-n", "--pidfile=", "daomirror", "--config", self.config_path],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
             )
         self._wait_until_listening()

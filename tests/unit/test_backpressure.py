@@ -6,7 +6,6 @@ resumes it once it has caught up.
 
 import hashlib
 import threading
-import time
 
 import pytest
 import pytest_twisted
@@ -89,28 +88,44 @@ async def test_a_writer_that_keeps_up_never_pauses(tmp_path):
     writer.abort()
 
 
-@pytest_twisted.ensureDeferred
-async def test_threads_that_catch_up_just_before_the_pause_still_resume_the_upstream(tmp_path, monkeypatch):
-    # The race: the writer finds too much waiting, but before it pauses the
-    # upstream, both threads get through everything. No more bytes come to
-    # prompt a report; the writer itself must not leave the upstream paused.
-    going = threading.Event()
-    monkeypatch.setattr(Digest, "hasher", lambda self: HangingHash(going))
-    writer = FilesystemStorage(str(tmp_path)).open_writer("blobs/x", DIGEST)
-    pause = writer._behind
 
-    def pause_once_the_threads_are_through():
+@pytest_twisted.ensureDeferred
+async def test_a_pause_made_while_the_hash_counts_its_last_chunk_is_still_undone(tmp_path, monkeypatch):
+    # The race: the hashing thread finishes the last chunk queued while the
+    # reactor is pausing the upstream, and counts it once the reactor has
+    # looked and the storing thread has had its say. No more bytes come to
+    # prompt a report, so that count must see the pause and report it.
+    going, counting, counted = threading.Event(), threading.Event(), threading.Event()
+    monkeypatch.setattr(Digest, "hasher", lambda self: HangingHash(going))
+    last = b"y" * (3 * len(CHUNK))  # more than LOW_WATER: the reactor's own look cannot resume
+    chunks = [CHUNK] * (HIGH_WATER // len(CHUNK)) + [last]
+    writer = FilesystemStorage(str(tmp_path)).open_writer(
+        "blobs/x", Digest("sha256", hashlib.sha256(b"".join(chunks)).hexdigest()))
+    pause, count = writer._behind, writer._account_hashed
+
+    def pause_once_the_hash_is_counting_the_last_chunk():
         going.set()
-        deadline = time.monotonic() + 30
-        while writer._backlog() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        counting.wait(30)
         pause()
 
-    writer._behind = pause_once_the_threads_are_through
+    def count_after_the_pause(size):
+        if size == len(last):
+            counting.set()
+            counted.wait(30)
+        count(size)
+
+    writer._behind = pause_once_the_hash_is_counting_the_last_chunk
+    writer._account_hashed = count_after_the_pause
     producer = RecordingProducer()
     writer.registerProducer(producer, True)
-    while "pause" not in producer.events:
-        writer.write(CHUNK)
-    await deferLater(reactor, 0.1, lambda: None)  # any report the threads sent arrives
+    for chunk in chunks:
+        writer.write(chunk)
+    assert producer.events == ["pause"]
+    while writer._taken < len(b"".join(chunks)):  # the storing thread is through...
+        await deferLater(reactor, 0.001, lambda: None)
+    await deferLater(reactor, 0.01, lambda: None)  # ...and its report was heard: the hash was behind
+    assert producer.events == ["pause"]
+    counted.set()
+    await deferLater(reactor, 0.1, lambda: None)  # the hashing thread's report arrives
     assert producer.events == ["pause", "resume"]
     writer.abort()
