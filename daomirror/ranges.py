@@ -6,7 +6,7 @@ blob, which the RFC allows.
 
 import re
 
-_SINGLE = re.compile(r"bytes=(\d*)-(\d*)")
+_SINGLE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)  # the unit is case-insensitive (RFC 9110 14.1)
 
 
 class Unsatisfiable(Exception):

@@ -69,6 +69,15 @@ def test_a_broken_upstream_body_aborts_the_client_and_stores_nothing(fault):
         assert "Traceback" not in mirror.log()
 
 
+def test_an_upstream_claiming_an_empty_body_for_a_blob_never_ends_a_response_cleanly():
+    # Nothing to hold back as the last byte: the end waits for the digest.
+    with FakeUpstream({PATH: blob(b"", claimed_length=0)}) as upstream, MirrorProcess(upstream.url) as mirror:
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            read_blob(mirror)
+        assert stored_files(mirror.root) == []
+        assert "Traceback" not in mirror.log()
+
+
 def test_the_client_gets_bytes_while_the_upstream_is_still_sending():
     """
     The upstream sends the first MiB and then holds the rest back until the
