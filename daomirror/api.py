@@ -100,7 +100,11 @@ class RegistryAPI:
             _blob_headers(request, digest, size)
             return b""
         blob = await self._mirror.blob(name, digest)
-        start, end = _blob_headers(request, digest, blob.size)
+        try:
+            start, end = _blob_headers(request, digest, blob.size)
+        except errors.RegistryError:
+            blob.drop()  # a range beyond it: nothing of it is sent
+            raise
         try:
             await blob.stream(request, start, end)
         except ConnectionLost:

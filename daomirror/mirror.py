@@ -9,7 +9,8 @@ and what is filled from upstream into storage.
   a changed digest costs a C{GET}. When upstream is in trouble a cached tag is
   served anyway; only an upstream 404 ends its life (DESIGN.md invariant 7).
 - A blob miss starts one L{Fill}; every request for that blob while it runs
-  joins it.
+  joins it. When storage cannot take the blob, each request gets it from
+  upstream through a L{PassThrough}, verified but stored nowhere.
 """
 
 import json
@@ -25,6 +26,7 @@ from . import errors, keys
 from .fill import Fill, FillFailed
 from .lru import LRU
 from .manifests import NotAManifest, digested_bytes, media_type_of
+from .passthrough import PassThrough
 from .reference import Digest, InvalidReference, parse_digest, sha256_of
 from .singleflight import SingleFlight
 from .upstream import MANIFEST_TYPES
@@ -68,6 +70,7 @@ class Blob:
     digest: Digest
     size: int
     stream: Callable
+    drop: Callable = lambda: None  # when it is not streamed after all
 
 
 def acceptable(media_type, accept):
@@ -258,7 +261,10 @@ class Mirror:
             return Blob(digest, size, lambda consumer, start, end: self._storage.produce(key, consumer, start, end))
         running = self._fills.get(digest)
         if running is None:
-            running = await self._starting.run((name, digest), lambda: self._start_fill(name, digest))
+            try:
+                running = await self._starting.run((name, digest), lambda: self._start_fill(name, digest))
+            except _StorageRefused as e:
+                return await self._pass_through(name, digest, e)
         await self._confirm(name, digest, running)
         fill = running.fill
         if fill.size is None:
@@ -318,12 +324,32 @@ class Mirror:
             writer = self._storage.open_writer(keys.blob(digest), digest)
         except OSError as e:
             response.deliverBody(_Dropped())  # else its connection stays paused for good
-            raise errors.storage_unavailable(f"cannot store {digest}: {e}") from None
+            raise _StorageRefused(e) from None
         fill = Fill(digest, size, writer, self._reactor, self._upstream.idle_timeout)
         running = self._fills[digest] = _RunningFill(name, fill)
         fill.done.addCallback(self._fill_finished, name, digest)
         fill.start(response)
         return running
+
+    async def _pass_through(self, name, digest, why):
+        """
+        Storage cannot take C{digest}: serve it from upstream, uncached, to
+        this request alone (each request makes its own upstream GET).
+        """
+        log.warn("storage cannot take {digest} ({why}): serving it from upstream uncached",
+                 digest=str(digest), why=why)
+        response = await self._upstream.blob(name, digest)
+        if not isinstance(response.length, int):
+            response.deliverBody(_Dropped())
+            raise errors.storage_unavailable(f"cannot store {digest}, and the upstream gives no length: {why}")
+
+        def stream(consumer, start, end):
+            relay = PassThrough(digest, response.length, consumer, start, end, self._reactor,
+                                self._upstream.idle_timeout)
+            response.deliverBody(relay)
+            return relay.done
+
+        return Blob(digest, response.length, stream, drop=lambda: response.deliverBody(_Dropped()))
 
     def _fill_finished(self, committed, name, digest):
         """
@@ -351,6 +377,12 @@ class Mirror:
 
     async def tags(self, name, query):
         return await self._upstream.tags(name, query)
+
+
+class _StorageRefused(Exception):
+    """
+    Storage could not open a writer for a blob (the reason is the argument).
+    """
 
 
 class _Dropped(Protocol):

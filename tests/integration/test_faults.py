@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.support.fakeupstream import FakeUpstream, blob
+from tests.support.images import push_image
 from tests.support.mirror import MirrorProcess
 
 DATA = os.urandom(4 * 1024 * 1024 + 5)
@@ -243,14 +244,44 @@ def test_a_disk_that_refuses_the_last_block_aborts_the_client_and_keeps_nothing(
         assert "Traceback" not in mirror.log(), "the failed fill's writer closed cleanly"
 
 
-def test_storage_that_cannot_take_a_new_blob_answers_503_and_recovers():
-    with FakeUpstream({PATH: blob(DATA)}) as upstream, MirrorProcess(upstream.url) as mirror:
-        staging = os.path.join(mirror.root, "_staging")
-        os.rmdir(staging)
-        with open(staging, "w"):
-            pass  # a file where the staging folder should be: no staging file can be made
-        status, _, body = mirror.request("GET", PATH)
-        assert status == 503 and json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
-        os.unlink(staging)
-        assert read_blob(mirror) == (200, DATA)
+def break_staging(mirror):
+    """
+    Put a file where the staging folder should be: no blob can be stored.
+    Returns a function that undoes it.
+    """
+    staging = os.path.join(mirror.root, "_staging")
+    os.rmdir(staging)
+    with open(staging, "w"):
+        pass
+    return lambda: (os.unlink(staging), os.mkdir(staging))
+
+
+def test_a_blob_that_storage_cannot_take_is_served_from_upstream_uncached(upstream):
+    image = push_image(upstream.url, "library/nostore", "v1", extra_layers=[8 * 1024 * 1024], seed="nostore")
+    layer = max(image.manifests[0].layers, key=lambda blob: blob.size)
+    path = f"/v2/{image.repo}/blobs/{layer.digest}"
+    with MirrorProcess(upstream.url) as mirror:
+        repair = break_staging(mirror)
+        status, body = read_blob(mirror, path)
+        assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == layer.digest
+        status, headers, part = mirror.request("GET", path, {"Range": "bytes=100-199"})
+        assert (status, headers["content-range"], part) == (206, f"bytes 100-199/{layer.size}", body[100:200])
+        assert stored_files(mirror.root) == []
+        assert "serving it from upstream uncached" in mirror.log()
+
+        repair()
+        assert read_blob(mirror, path) == (200, body)  # stored this time...
+        upstream.quiesce()
+        asked = upstream.count("GET", path)
+        assert read_blob(mirror, path) == (200, body)  # ...and served from storage
+        upstream.quiesce()
+        assert upstream.count("GET", path) == asked
+        assert "Traceback" not in mirror.log()
+
+
+def test_a_wrong_body_passed_through_uncached_is_aborted():
+    with FakeUpstream({PATH: blob(b"X" + DATA[1:])}) as upstream, MirrorProcess(upstream.url) as mirror:
+        break_staging(mirror)
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            read_blob(mirror)
         assert "Traceback" not in mirror.log()
