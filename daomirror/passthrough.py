@@ -47,8 +47,9 @@ class PassThrough(Protocol):
         self.done = Deferred()
 
     def connectionMade(self):
-        self._consumer.registerProducer(self, True)
+        # The timer first: registering may pause or stop us at once.
         self._idle = self._reactor.callLater(self._idle_timeout, self._silent)
+        self._consumer.registerProducer(self, True)
 
     def dataReceived(self, data):
         if self.done.called:
