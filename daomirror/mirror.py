@@ -22,7 +22,7 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from . import errors, keys
+from . import errors, heap, keys
 from .fill import Fill, FillFailed
 from .lru import LRU
 from .manifests import NotAManifest, digested_bytes, media_type_of
@@ -356,6 +356,7 @@ class Mirror:
         Record the repository the blob was fetched for, then forget the fill
         (in that order, so that there is no moment when neither says so).
         """
+        heap.give_back()  # the fill's chunks are freed by now
         if not committed:
             del self._fills[digest]
             return None

@@ -43,6 +43,8 @@ def test_a_slow_reader_of_a_large_blob_leaves_memory_bounded():
         assert "sha256:" + digest.hexdigest() == DIGEST
         assert upstream.count("GET", PATH) == 1
         assert peak - baseline < 64, f"resident memory grew by {peak - baseline:.0f} MiB for a 256 MiB blob"
+        held = mirror.resident_mib() - baseline
+        assert held < 8, f"{held:.0f} MiB still resident after the transfer (the freed chunks not given back)"
 
 
 def test_a_disk_that_refuses_writes_stops_the_transfer_and_keeps_nothing_in_memory():
