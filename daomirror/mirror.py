@@ -89,6 +89,7 @@ class Mirror:
         self._tag_ttl = tag_ttl
         self._clock = clock
         self._fills = {}
+        self._give_back = heap.GiveBackWhenQuiet(reactor, busy=lambda: bool(self._fills))
         self._starting = SingleFlight()
         self._manifests = SingleFlight()
         # Manifests never change under their digest, and this process is
@@ -356,7 +357,7 @@ class Mirror:
         Record the repository the blob was fetched for, then forget the fill
         (in that order, so that there is no moment when neither says so).
         """
-        heap.give_back()  # the fill's chunks are freed by now
+        self._give_back.transfer_ended()
         if not committed:
             del self._fills[digest]
             return None
@@ -370,6 +371,7 @@ class Mirror:
         Stop for shutdown: transfers still downloading are abandoned (nothing
         of them is committed), verified ones are given time to commit.
         """
+        self._give_back.stop()
         for running in list(self._fills.values()):
             running.fill.cancel()
         return DeferredList([running.fill.done for running in self._fills.values()])
