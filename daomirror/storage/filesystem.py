@@ -35,6 +35,7 @@ class FilesystemStorage:
         self.root = os.path.abspath(root)
         self._staging = os.path.join(self.root, STAGING)
         os.makedirs(self._staging, exist_ok=True)
+        threads.writers.prestart(2)  # one writer's hashing and storing threads
         self._discard_stale_staging()
 
     @classmethod

@@ -31,6 +31,20 @@ class ThreadPool:
         self._idle = 0  # threads waiting for a job and not yet promised one
         self._keep_idle = keep_idle
 
+    def prestart(self, count):
+        """
+        Start up to C{count} threads that wait for jobs, so that the first
+        transfer does not wait for threads to start: on a busy machine a new
+        thread can take milliseconds to be scheduled, and C{Thread.start}
+        waits for that.
+        """
+        for _ in range(count):
+            with self._lock:
+                if self._idle >= min(count, self._keep_idle):
+                    return
+                self._idle += 1
+            threading.Thread(target=self._work, name="idle writer", daemon=True).start()
+
     def run(self, function, name):
         """
         Call C{function()} in a thread named C{name} now.

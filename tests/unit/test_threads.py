@@ -60,3 +60,19 @@ def test_no_more_than_keep_idle_threads_stay():
     time.sleep(0.05)
     assert sum(w.is_alive() for w in workers) == 1
     assert pool._idle == 1
+
+
+
+def test_prestarted_threads_take_the_first_jobs():
+    pool = ThreadPool(keep_idle=4)
+    pool.prestart(2)
+    pool.prestart(2)  # already there: none more
+    wait_for(lambda: pool._idle == 2)
+    waiting = set(threading.enumerate())
+    ran, release = [], threading.Event()
+    for name in ("hash", "store"):
+        pool.run(lambda: (ran.append(threading.current_thread()), release.wait(5)), name)
+    wait_for(lambda: len(ran) == 2)
+    release.set()
+    assert all(thread in waiting for thread in ran), "no thread was started for them"
+    assert sorted(thread.name for thread in ran) == ["hash", "store"]
