@@ -25,6 +25,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
+from .silence import Silence, give_up_on_blob
 from .storage import VerificationFailed
 from .streaming import IGrowing, stream
 
@@ -223,25 +224,24 @@ class Fill:
 class _FillProtocol(Protocol):
     """
     Receives the upstream body for a L{Fill}, and gives up on an upstream
-    that goes silent for too long (never a deadline on the whole body: a big
-    layer on a slow link is legitimate).
+    that goes silent for too long (L{Silence}).
     """
 
     def __init__(self, fill):
         self._fill = fill
-        self._idle = None
+        self._silence = Silence(fill._reactor, fill._idle_timeout,
+                                lambda: give_up_on_blob(self.transport, fill._idle_timeout, fill.digest))
 
     def connectionMade(self):
         _read_in_bigger_pieces(self.transport)
-        self._idle = self._fill._reactor.callLater(self._fill._idle_timeout, self._silent)
+        self._silence.listen()
         # The writer pauses the upstream (through us) while the disk is behind.
         self._fill._writer.registerProducer(self, True)
 
     def dataReceived(self, data):
         if self._fill.outcome is not None:
             return  # failed already; a pause is advisory, so bytes may still come
-        if self._idle.active():
-            self._idle.reset(self._fill._idle_timeout)
+        self._silence.heard()
         self._fill._received(data)
 
     def pauseProducing(self):
@@ -249,28 +249,21 @@ class _FillProtocol(Protocol):
         The writer is behind: stop reading upstream. Silence while we are
         the ones not listening is not the upstream's fault.
         """
-        if self._idle.active():
-            self._idle.cancel()
+        self._silence.stop()
         self.transport.pauseProducing()
 
     def resumeProducing(self):
-        if not self._idle.active() and self._fill.outcome is None:
-            self._idle = self._fill._reactor.callLater(self._fill._idle_timeout, self._silent)
+        if self._fill.outcome is None:
+            self._silence.listen()
         self.transport.resumeProducing()
 
     def stopProducing(self):
         self.transport.stopProducing()
 
     def connectionLost(self, reason):
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        self._silence.stop()
         self._fill._writer.unregisterProducer()
         self._fill._ended(reason)
-
-    def _silent(self):
-        log.warn("upstream sent nothing for {seconds}s during {digest}; giving up",
-                 seconds=self._fill._idle_timeout, digest=str(self._fill.digest))
-        self.transport.stopProducing()
 
 
 RECEIVE_SIZE = 1024 * 1024

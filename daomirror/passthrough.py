@@ -14,13 +14,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
+from .silence import Silence, give_up_on_blob
 from .streaming import StreamBroken
-
-log = Logger()
 
 
 @implementer(IPushProducer)
@@ -38,24 +36,21 @@ class PassThrough(Protocol):
         self._consumer = consumer
         self._start = start
         self._end = end
-        self._reactor = reactor
-        self._idle_timeout = idle_timeout
+        self._silence = Silence(reactor, idle_timeout, lambda: give_up_on_blob(self.transport, idle_timeout, digest))
         self._hasher = digest.hasher()
         self._received = 0
         self._held = b""  # the range's last byte, until the digest matched
-        self._idle = None
         self.done = Deferred()
 
     def connectionMade(self):
-        # The timer first: registering may pause or stop us at once.
-        self._idle = self._reactor.callLater(self._idle_timeout, self._silent)
+        # Listening first: registering may pause or stop us at once.
+        self._silence.listen()
         self._consumer.registerProducer(self, True)
 
     def dataReceived(self, data):
         if self.done.called:
             return  # the client left; a stop is not instant
-        if self._idle.active():
-            self._idle.reset(self._idle_timeout)
+        self._silence.heard()
         begin = self._received
         self._received += len(data)
         self._hasher.update(data)
@@ -68,8 +63,7 @@ class PassThrough(Protocol):
                 self._consumer.write(piece)
 
     def connectionLost(self, reason):
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        self._silence.stop()
         self._consumer.unregisterProducer()
         if self.done.called:
             return
@@ -85,14 +79,12 @@ class PassThrough(Protocol):
     # IPushProducer, driven by the client's socket
 
     def pauseProducing(self):
-        # Silence while the client is not listening is not the upstream's fault.
-        if self._idle.active():
-            self._idle.cancel()
+        self._silence.stop()  # the client is not listening: not the upstream's fault
         self.transport.pauseProducing()
 
     def resumeProducing(self):
-        if not self._idle.active() and not self.done.called:
-            self._idle = self._reactor.callLater(self._idle_timeout, self._silent)
+        if not self.done.called:
+            self._silence.listen()
         self.transport.resumeProducing()
 
     def stopProducing(self):
@@ -100,7 +92,3 @@ class PassThrough(Protocol):
             self.done.errback(ConnectionLost("the client went away"))
         self.transport.stopProducing()
 
-    def _silent(self):
-        log.warn("upstream sent nothing for {seconds}s during {digest}; giving up",
-                 seconds=self._idle_timeout, digest=str(self._digest))
-        self.transport.stopProducing()

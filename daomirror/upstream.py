@@ -22,6 +22,7 @@ from twisted.web.http import PotentialDataLoss
 
 from . import errors
 from .auth import TOKEN_BODY_LIMIT, Authenticator
+from .silence import Silence
 
 MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
@@ -244,8 +245,8 @@ class _SmallBody(Protocol):
         self._limit = limit
         self._chunks = []
         self._received = 0
-        self._idle = reactor.callLater(idle_timeout, self._give_up, _Silent())
-        self._idle_timeout = idle_timeout
+        self._silence = Silence(reactor, idle_timeout, lambda: self._give_up(_Silent()))
+        self._silence.listen()
 
     def dataReceived(self, data):
         if self._done.called:
@@ -255,17 +256,15 @@ class _SmallBody(Protocol):
             self._give_up(_TooLarge())
             return
         self._chunks.append(data)
-        self._idle.reset(self._idle_timeout)
+        self._silence.heard()
 
     def _give_up(self, why):
-        if self._idle.active():
-            self._idle.cancel()
+        self._silence.stop()
         self._done.errback(Failure(why))
         self.transport.stopProducing()
 
     def connectionLost(self, reason):
-        if self._idle.active():
-            self._idle.cancel()
+        self._silence.stop()
         if self._done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):  # a manifest's digest is checked after

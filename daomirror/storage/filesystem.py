@@ -182,7 +182,7 @@ class _FileWriter(VerifyingWriter):
         self._taken = 0  # bytes the storing thread is done with (under the lock)
         self._stored = 0  # bytes in the staging file (under the lock)
         self._report_pending = False
-        self._error = None  # the first OSError met storing, reported by verify
+        self._error = None  # the first error met hashing or storing, reported by verify
         self._discarded = False
         name = digest.hex[:12]
         threads.writers.run(self._run_hash, f"hash {name}")

@@ -15,14 +15,8 @@ LAYER = 64 * 1024 * 1024
 
 
 def fetch(mirror, path):
-    connection = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=60)
-    connection.request("GET", path)
-    response = connection.getresponse()
-    digest = hashlib.sha256()
-    while chunk := response.read(1024 * 1024):
-        digest.update(chunk)
-    connection.close()
-    return response.status, "sha256:" + digest.hexdigest()
+    status, _, body = mirror.request("GET", path)
+    return status, "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def stalled_get(mirror, path):
